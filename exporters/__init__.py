@@ -1,0 +1,1 @@
+"""onestep exporters: ONNX, TensorRT, Triton."""

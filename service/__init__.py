@@ -1,0 +1,1 @@
+"""onestep service: FastAPI app with dynamic batching."""
