@@ -24,7 +24,7 @@ NETWORK_CONFIGS: dict[str, dict[str, Any]] = {
         model_type="SongUNet",
         model_channels=32,
         channel_mult=[1, 2, 2],
-        num_blocks=2,
+        num_blocks=1,
         attn_resolutions=[7],
         dropout=0.1,
     ),

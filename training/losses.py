@@ -16,18 +16,34 @@ class EDMLoss:
         self.P_std = P_std
         self.sigma_data = sigma_data
 
+    def draw(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss's randomness for a batch: (standard normal [N,1,1,1] for ln sigma, unit noise like images)."""
+        n = images.shape[0]
+        rnd_normal = torch.randn([n, 1, 1, 1], generator=generator)
+        unit_noise = torch.randn(images.shape, generator=generator)
+        return rnd_normal.to(images.device), unit_noise.to(images.device)
+
     def __call__(
         self,
         net: EDMPrecond,
         images: torch.Tensor,
         labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        rnd_normal: torch.Tensor | None = None,
+        unit_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-element loss [N, C, H, W]; ``labels`` are integer class indices."""
-        n = images.shape[0]
-        rnd_normal = torch.randn([n, 1, 1, 1], device=images.device, generator=generator)
+        """Per-element loss [N, C, H, W]; ``labels`` are integer class indices.
+
+        Pass ``rnd_normal``/``unit_noise`` (from ``draw``) to control the randomness, e.g. to make a
+        data-parallel step equal a single-process one.
+        """
+        if rnd_normal is None or unit_noise is None:
+            rnd_normal, unit_noise = self.draw(images)
         sigma = (rnd_normal * self.P_std + self.P_mean).exp()
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-        noise = torch.randn(images.shape, device=images.device, generator=generator) * sigma
-        denoised = net(images + noise, sigma, one_hot(labels, net.label_dim))
+        label_dim = getattr(net, "label_dim", None)
+        if label_dim is None:  # DDP wrapper
+            label_dim = net.module.label_dim
+        denoised = net(images + unit_noise * sigma, sigma, one_hot(labels, label_dim))
         return weight * (denoised - images) ** 2
