@@ -1,7 +1,7 @@
 """HTTP client for the onestep service (sync and async, httpx) and a small CLI.
 
-    python -m service.client generate --url http://127.0.0.1:8000 --class 3 --seed 7 -o out.png
-    python -m service.client models --url http://127.0.0.1:8000
+python -m service.client generate --url http://127.0.0.1:8000 --class 3 --seed 7 -o out.png
+python -m service.client models --url http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -147,23 +147,41 @@ class OnestepClient:
     def close(self) -> None:
         self._http.close()
 
-    def generate_full(self, num_images: int = 1, class_labels: int | list[int] | None = None,
-                      seed: int | None = None, format: str = "png", quality: int | None = None,
-                      model: str | None = None) -> Generation:
+    def generate_full(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> Generation:
         response = self._http.post(
             "/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
         )
         raise_for_error(response)
         return parse_generation(response.json())
 
-    def generate(self, num_images: int = 1, class_labels: int | list[int] | None = None,
-                 seed: int | None = None, format: str = "png", quality: int | None = None,
-                 model: str | None = None) -> list[GeneratedImage]:
+    def generate(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> list[GeneratedImage]:
         """The images only; ``generate_full`` also returns the server's timing."""
         return self.generate_full(num_images, class_labels, seed, format, quality, model).images
 
-    def generate_raw(self, class_label: int | None = None, seed: int | None = None, format: str = "png",
-                     quality: int | None = None, model: str | None = None) -> bytes:
+    def generate_raw(
+        self,
+        class_label: int | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> bytes:
         """One image as raw bytes (``Accept: image/<format>``), skipping the JSON/base64 wrapping."""
         body = generate_body(1, class_label, seed, format, quality, model)
         response = self._http.post("/generate", json=body, headers={"Accept": f"image/{format}"})
@@ -190,8 +208,14 @@ class OnestepClient:
 class AsyncOnestepClient:
     """Asyncio client with the same methods as ``OnestepClient``."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 60.0,
-                 limits: httpx.Limits | None = None):
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        limits: httpx.Limits | None = None,
+    ):
         self._http = httpx.AsyncClient(
             base_url=url, headers=_auth_headers(api_key), timeout=timeout, limits=limits or httpx.Limits()
         )
@@ -205,22 +229,40 @@ class AsyncOnestepClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def generate_full(self, num_images: int = 1, class_labels: int | list[int] | None = None,
-                            seed: int | None = None, format: str = "png", quality: int | None = None,
-                            model: str | None = None) -> Generation:
+    async def generate_full(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> Generation:
         response = await self._http.post(
             "/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
         )
         raise_for_error(response)
         return parse_generation(response.json())
 
-    async def generate(self, num_images: int = 1, class_labels: int | list[int] | None = None,
-                       seed: int | None = None, format: str = "png", quality: int | None = None,
-                       model: str | None = None) -> list[GeneratedImage]:
+    async def generate(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> list[GeneratedImage]:
         return (await self.generate_full(num_images, class_labels, seed, format, quality, model)).images
 
-    async def generate_raw(self, class_label: int | None = None, seed: int | None = None, format: str = "png",
-                           quality: int | None = None, model: str | None = None) -> bytes:
+    async def generate_raw(
+        self,
+        class_label: int | None = None,
+        seed: int | None = None,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> bytes:
         body = generate_body(1, class_label, seed, format, quality, model)
         response = await self._http.post("/generate", json=body, headers={"Accept": f"image/{format}"})
         raise_for_error(response)
@@ -268,14 +310,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate images and write them to files")
     g.add_argument("--model", default=None, help="model name (default: the server's default model)")
-    g.add_argument("--class", dest="class_labels", default=None,
-                   help="class index, or comma-separated indices one per image (default: random)")
+    g.add_argument(
+        "--class",
+        dest="class_labels",
+        default=None,
+        help="class index, or comma-separated indices one per image (default: random)",
+    )
     g.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i")
     g.add_argument("-n", "--num-images", type=int, default=1)
     g.add_argument("--format", choices=FORMATS, default=None, help="default: from the output suffix, else png")
     g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1..100")
-    g.add_argument("-o", "--output", type=Path, default=Path("out.png"),
-                   help="output file; with several images -0, -1, ... is added before the suffix")
+    g.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("out.png"),
+        help="output file; with several images -0, -1, ... is added before the suffix",
+    )
     sub.add_parser("models", help="list the served models as JSON")
     sub.add_parser("ready", help="exit 0 when the service is ready, 1 otherwise")
     return p
@@ -308,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         img.save(path)
         label = f"class {img.class_label}" + (f" ({img.class_name})" if img.class_name else "")
         print(f"{path}  seed {img.seed}  {label}  {len(img.data)} bytes")
-    print(f"timing: queue {t.queue_ms:.1f} ms, inference {t.inference_ms:.1f} ms, encode {t.encode_ms:.1f} ms, "
-          f"batch {t.batch_size}")
+    print(
+        f"timing: queue {t.queue_ms:.1f} ms, inference {t.inference_ms:.1f} ms, encode {t.encode_ms:.1f} ms, "
+        f"batch {t.batch_size}"
+    )
     return 0
 
 

@@ -1,0 +1,991 @@
+"""Closed-loop load benchmark of the service, with the raw backend measured in the same run.
+
+    python -m service.bench --url http://127.0.0.1:8000 --concurrency 1,4,16,64 --duration 20 --models-dir models
+    python -m service.bench --spawn --models-dir models --backend torch --targets --json bench.json
+
+At each concurrency level, that many asyncio workers (one shared httpx client) send ``POST /generate`` back to
+back for ``--duration`` seconds after a short warm-up. Only requests that complete inside the measured window
+count. Per level it reports throughput, client latency percentiles, errors, the batch sizes the server formed
+(from each response's timing), the server's CPU time per image (from ``process_cpu_seconds_total`` in /metrics,
+else from the server process's /proc counters), and the load generator's own CPU share.
+
+With ``--models-dir`` the same model is then loaded in this process with the same backend and threads, and
+``Backend.run`` is timed at the batch sizes the batcher formed: the raw throughput and CPU time per image
+that the ratios of the performance targets (issue 6) compare against. ``--spawn`` starts the server itself
+(``python -m service`` on a free loopback port), and also a ``max_batch_size=1`` server for the batching gain.
+
+Loopback only unless ``--allow-remote``; every level is bounded in time (``--duration``, at most 600 s) and in
+requests (``--max-requests``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+MAX_DURATION_S = 600.0
+MAX_CONCURRENCY = 1024
+MAX_LEVELS = 32
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- guards
+
+
+def check_loopback(url: str, allow_remote: bool = False) -> None:
+    """Refuse to load anything but this machine unless explicitly allowed."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise BenchError(f"--url {url!r}: no host")
+    if allow_remote:
+        return
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise BenchError(f"--url {url!r}: {host} is not a loopback address; pass --allow-remote to load another host")
+
+
+def parse_int_list(text: str, name: str, lo: int, hi: int) -> list[int]:
+    try:
+        values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise BenchError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    if not values or any(not lo <= v <= hi for v in values):
+        raise BenchError(f"{name}: every value must be in {lo}..{hi}, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------- CPU counters
+
+
+def proc_cpu_seconds(pid: int, with_children: bool = True) -> float:
+    """utime + stime of ``pid`` and (by default) all of its live descendants, from /proc."""
+    pids = [pid, *(_descendants(pid) if with_children else [])]
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def find_listener_pid(port: int) -> int | None:
+    """The pid of the process listening on a local TCP port (Linux /proc; only our own processes are visible)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{parts[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(entry.name)
+    return None
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name: value summed over label sets} for the few series the bench reads."""
+    wanted = ("process_cpu_seconds_total", "onestep_batch_size_sum", "onestep_batch_size_count")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            with contextlib.suppress(ValueError, IndexError):
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+class ServerProbe:
+    """Reads the server's CPU seconds and batch counters: /metrics when it exports process_cpu_seconds_total,
+    else /proc of the server process (known when spawned, else found by its listening port)."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, pid: int | None):
+        self.client = client
+        self.pid = pid
+        port = urlsplit(url).port or 80
+        self.cpu_source = "unavailable"
+        self._port = port
+
+    async def setup(self) -> None:
+        m = await self._metrics()
+        if "process_cpu_seconds_total" in m:
+            self.cpu_source = "metrics:process_cpu_seconds_total"
+            return
+        if self.pid is None:
+            self.pid = find_listener_pid(self._port)
+        if self.pid is not None and Path(f"/proc/{self.pid}/stat").exists():
+            self.cpu_source = f"proc:{self.pid}"
+
+    async def _metrics(self) -> dict[str, float]:
+        try:
+            r = await self.client.get("/metrics")
+            return parse_metrics(r.text) if r.status_code == 200 else {}
+        except httpx.HTTPError:
+            return {}
+
+    async def snapshot(self) -> dict[str, float | None]:
+        m = await self._metrics()
+        cpu: float | None = None
+        if self.cpu_source.startswith("metrics"):
+            cpu = m.get("process_cpu_seconds_total")
+        elif self.cpu_source.startswith("proc") and self.pid is not None:
+            cpu = proc_cpu_seconds(self.pid)
+        batches, batch_images = m.get("onestep_batch_size_count"), m.get("onestep_batch_size_sum")
+        return {"cpu": cpu, "batches": batches, "batch_images": batch_images}
+
+
+# ---------------------------------------------------------------- load levels
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    images_per_request: int
+    duration_s: float
+    requests: int
+    images: int
+    errors: int
+    error_codes: dict[str, int]
+    first_error: str | None
+    throughput_images_s: float
+    throughput_requests_s: float
+    latency_ms: dict[str, float]
+    server_queue_ms_p50: float | None
+    server_inference_ms_p50: float | None
+    batch_sizes: dict[int, int]  # batch size -> images that ran in batches of that size (from response timing)
+    mean_batch_size: float | None  # images per executed batch, from the /metrics batch-size histogram
+    server_cpu_s: float | None
+    server_cpu_ms_per_image: float | None
+    server_cpu_share: float | None  # of the whole machine (all cores)
+    loadgen_cpu_s: float
+    loadgen_cpu_share: float
+    label: str = ""
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"mean": float(a.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+
+
+async def run_level(
+    client: httpx.AsyncClient,
+    probe: ServerProbe,
+    *,
+    concurrency: int,
+    images_per_request: int,
+    duration: float,
+    warmup: float,
+    model: str | None,
+    fmt: str,
+    max_requests: int,
+    seed_base: int = 0,
+) -> LevelResult:
+    """Closed loop: ``concurrency`` workers, each sending its next request as soon as the last one answers."""
+    latencies: list[float] = []
+    queue_ms: list[float] = []
+    inference_ms: list[float] = []
+    batch_sizes: Counter[int] = Counter()
+    error_codes: Counter[str] = Counter()
+    first_error: list[str] = []
+    counter = iter(range(seed_base, seed_base + 10**12, images_per_request))
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    base = {"num_images": images_per_request, "format": fmt, "class_labels": None}
+    if model:
+        base["model"] = model
+    start = time.perf_counter() + warmup
+    end = start + duration
+    completed = 0
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        nonlocal completed
+        while not stop.is_set() and time.perf_counter() < end:
+            body = json.dumps({**base, "seed": next(counter)}).encode()
+            t0 = time.perf_counter()
+            code: str
+            timing: dict[str, Any] | None = None
+            try:
+                r = await client.post("/generate", content=body, headers=headers)
+                code = str(r.status_code)
+                if r.status_code == 200:
+                    payload = json.loads(r.content)
+                    timing = payload["timing"]
+                    if len(payload["images"]) != images_per_request:
+                        code = "wrong_image_count"
+                elif not first_error:
+                    first_error.append(f"HTTP {r.status_code}: {r.text[:300]}")
+            except httpx.HTTPError as e:
+                code = type(e).__name__
+                if not first_error:
+                    first_error.append(f"{code}: {e}")
+            t1 = time.perf_counter()
+            if not start <= t1 <= end:
+                continue
+            if code != "200" or timing is None:
+                error_codes[code] += 1
+                continue
+            latencies.append((t1 - t0) * 1000.0)
+            queue_ms.append(float(timing["queue_ms"]))
+            inference_ms.append(float(timing["inference_ms"]))
+            batch_sizes[int(timing["batch_size"])] += images_per_request
+            completed += 1
+            if completed >= max_requests:
+                stop.set()
+
+    async def sampler() -> tuple[dict, dict, float, float, float, float]:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        s0, c0, w0 = await probe.snapshot(), time.process_time(), time.perf_counter()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, end - time.perf_counter()))
+        s1, c1, w1 = await probe.snapshot(), time.process_time(), time.perf_counter()
+        return s0, s1, c1 - c0, w1 - w0, w0, w1
+
+    sample_task = asyncio.create_task(sampler())
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    s0, s1, loadgen_cpu, wall, _, _ = await sample_task
+    ncpu = os.cpu_count() or 1
+    images = completed * images_per_request
+    server_cpu = None if s0["cpu"] is None or s1["cpu"] is None else s1["cpu"] - s0["cpu"]
+    mean_batch = None
+    if None not in (s0["batches"], s1["batches"]) and s1["batches"] > s0["batches"]:
+        mean_batch = (s1["batch_images"] - s0["batch_images"]) / (s1["batches"] - s0["batches"])
+    errors = sum(error_codes.values())
+    return LevelResult(
+        concurrency=concurrency,
+        images_per_request=images_per_request,
+        duration_s=wall,
+        requests=completed,
+        images=images,
+        errors=errors,
+        error_codes=dict(error_codes),
+        first_error=first_error[0] if first_error else None,
+        throughput_images_s=images / wall if wall > 0 else 0.0,
+        throughput_requests_s=completed / wall if wall > 0 else 0.0,
+        latency_ms=_percentiles(latencies),
+        server_queue_ms_p50=float(np.median(queue_ms)) if queue_ms else None,
+        server_inference_ms_p50=float(np.median(inference_ms)) if inference_ms else None,
+        batch_sizes=dict(sorted(batch_sizes.items())),
+        mean_batch_size=mean_batch,
+        server_cpu_s=server_cpu,
+        server_cpu_ms_per_image=(server_cpu * 1000.0 / images) if server_cpu is not None and images else None,
+        server_cpu_share=(server_cpu / (wall * ncpu)) if server_cpu is not None and wall > 0 else None,
+        loadgen_cpu_s=loadgen_cpu,
+        loadgen_cpu_share=loadgen_cpu / (wall * ncpu) if wall > 0 else 0.0,
+    )
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SpawnedServer:
+    process: subprocess.Popen
+    url: str
+    env: dict[str, str]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def spawn_server(
+    models_dir: Path,
+    backend: str,
+    *,
+    max_batch_size: int,
+    max_queue_images: int,
+    threads: int | None,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 300.0,
+    log_path: Path | None = None,
+) -> SpawnedServer:
+    """``python -m service`` on a free loopback port; returns once /readyz answers 200."""
+    port = free_port()
+    env = {
+        "ONESTEP_MODELS_DIR": str(models_dir),
+        "ONESTEP_BACKEND": backend,
+        "ONESTEP_HOST": "127.0.0.1",
+        "ONESTEP_PORT": str(port),
+        "ONESTEP_MAX_BATCH_SIZE": str(max_batch_size),
+        "ONESTEP_MAX_QUEUE_IMAGES": str(max_queue_images),
+        "ONESTEP_LOG_LEVEL": "warning",
+        "ONESTEP_ACCESS_LOG": "false",
+    }
+    if threads:
+        env["ONESTEP_TORCH_THREADS"] = str(threads)
+        env["ONESTEP_ORT_INTRA_OP_THREADS"] = str(threads)
+    env.update(extra_env or {})
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True
+    )
+    server = SpawnedServer(proc, f"http://127.0.0.1:{port}", env)
+    deadline = time.monotonic() + ready_timeout
+    with httpx.Client(base_url=server.url, timeout=5.0) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"server exited with code {proc.returncode} before it was ready (env {env})")
+            with contextlib.suppress(httpx.HTTPError):
+                if c.get("/readyz").status_code == 200:
+                    return server
+            time.sleep(0.2)
+    server.stop()
+    raise BenchError(f"server not ready after {ready_timeout:.0f} s (env {env})")
+
+
+# ---------------------------------------------------------------- raw backend
+
+
+@dataclass
+class RawPoint:
+    batch_size: int
+    runs: int
+    wall_ms_per_batch_p50: float
+    wall_ms_per_batch_mean: float
+    images_per_s: float
+    cpu_ms_per_image: float
+
+
+@dataclass
+class RawResult:
+    backend: str
+    threads: int | None
+    points: dict[int, RawPoint] = field(default_factory=dict)
+
+    def _interp(self, b: int, attr: str) -> float:
+        """Per-batch quantity at size b, linear between measured sizes (extrapolated per image past the ends)."""
+        sizes = sorted(self.points)
+        per_batch = {s: self._per_batch(s, attr) for s in sizes}
+        if b in per_batch:
+            return per_batch[b]
+        if b < sizes[0]:
+            return per_batch[sizes[0]] * b / sizes[0]
+        if b > sizes[-1]:
+            return per_batch[sizes[-1]] * b / sizes[-1]
+        hi = next(s for s in sizes if s > b)
+        lo = max(s for s in sizes if s < b)
+        w = (b - lo) / (hi - lo)
+        return per_batch[lo] * (1 - w) + per_batch[hi] * w
+
+    def _per_batch(self, s: int, attr: str) -> float:
+        p = self.points[s]
+        return p.wall_ms_per_batch_mean if attr == "wall" else p.cpu_ms_per_image * s
+
+    def at_mix(self, batch_images: dict[int, int]) -> tuple[float, float]:
+        """(images/s, CPU ms per image) of the raw backend running the same batches the server formed."""
+        total_images = sum(batch_images.values())
+        wall = sum(n / b * self._interp(b, "wall") for b, n in batch_images.items())
+        cpu = sum(n / b * self._interp(b, "cpu") for b, n in batch_images.items())
+        return total_images / wall * 1000.0, cpu / total_images
+
+
+def raw_sizes(levels: Sequence[LevelResult], max_batch_size: int) -> list[int]:
+    """Sizes to time: powers of two up to the max, the max, and the three sizes that held the most images."""
+    sizes = {1, max_batch_size}
+    p = 2
+    while p < max_batch_size:
+        sizes.add(p)
+        p *= 2
+    mix: Counter[int] = Counter()
+    for lv in levels:
+        mix.update(lv.batch_sizes)
+    sizes.update(b for b, _ in mix.most_common(3) if 1 <= b <= max_batch_size)
+    return sorted(sizes)
+
+
+def measure_raw(
+    model_dir: Path, backend_name: str, sizes: Sequence[int], threads: int | None, seconds_per_size: float
+) -> RawResult:
+    """Load the model with the service's own backend class and time ``Backend.run`` per batch size."""
+    import torch
+
+    from service.backends import create_backend
+    from service.config import Settings
+    from training.checkpoint import read_config
+
+    settings = Settings(
+        models_dir=model_dir.parent,
+        backend=backend_name,
+        torch_threads=threads,
+        ort_intra_op_threads=threads,
+        device="cpu",
+        warmup=False,
+    )
+    if threads:
+        torch.set_num_threads(threads)
+    config = read_config(model_dir)
+    backend = create_backend(backend_name, model_dir, config, settings)
+    result = RawResult(backend=backend_name, threads=threads)
+    rng = np.random.default_rng(0)
+    label_dim = int(config.get("label_dim", 0))
+    try:
+        for b in sizes:
+            z = rng.standard_normal((b, *backend.img_shape), dtype=np.float32)
+            labels = rng.integers(0, label_dim, b, dtype=np.int64) if label_dim else None
+            for _ in range(2):
+                backend.run(torch.from_numpy(z) if backend_name == "torch" else z, labels)
+            zin = torch.from_numpy(z) if backend_name == "torch" else z
+            times: list[float] = []
+            c0, t_start = time.process_time(), time.perf_counter()
+            while len(times) < 5 or (time.perf_counter() - t_start < seconds_per_size and len(times) < 10_000):
+                t0 = time.perf_counter()
+                backend.run(zin, labels)
+                times.append(time.perf_counter() - t0)
+            cpu = time.process_time() - c0
+            wall = sum(times)
+            result.points[b] = RawPoint(
+                batch_size=b,
+                runs=len(times),
+                wall_ms_per_batch_p50=float(np.median(times) * 1000.0),
+                wall_ms_per_batch_mean=wall / len(times) * 1000.0,
+                images_per_s=b * len(times) / wall,
+                cpu_ms_per_image=cpu * 1000.0 / (b * len(times)),
+            )
+    finally:
+        backend.close()
+    return result
+
+
+def find_model_dir(models_dir: Path, model_id: str) -> Path:
+    """The subfolder of ``models_dir`` serving ``model_id`` (folder name or config name)."""
+    if (models_dir / model_id / "config.json").is_file():
+        return models_dir / model_id
+    for cfg in sorted(models_dir.glob("*/config.json")):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(cfg.read_text()).get("name") == model_id:
+                return cfg.parent
+    raise BenchError(f"{models_dir}: no model dir for model {model_id!r}")
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    limit: float | None
+    ok: bool | None
+    detail: str
+
+
+def _level(levels: Sequence[LevelResult], conc: int, ipr: int, label: str = "") -> LevelResult | None:
+    return next(
+        (
+            lv
+            for lv in levels
+            if lv.concurrency == conc and lv.images_per_request == ipr and lv.label == label and lv.requests
+        ),
+        None,
+    )
+
+
+def _check(name: str, value: float | None, limit: float | None, le: bool, detail: str) -> Target:
+    if value is None or limit is None:
+        return Target(name, value, limit, None, detail + " (not measured)")
+    return Target(name, value, limit, value <= limit if le else value >= limit, detail)
+
+
+def evaluate_targets(
+    levels: Sequence[LevelResult],
+    raw: RawResult | None,
+    backend: str,
+    target_concurrency: int,
+    big_request: tuple[int, int],
+) -> list[Target]:
+    """The issue's performance targets, from whatever levels and raw points this run measured."""
+    out: list[Target] = []
+    c = target_concurrency
+    main = _level(levels, c, 1)
+    big = _level(levels, *big_request)
+    one = _level(levels, 1, 1)
+    base1 = _level(levels, c, 1, "max_batch_size=1")
+    if raw is None or not raw.points:
+        return [Target("targets", None, None, None, "no raw backend measurement (pass --models-dir or --spawn)")]
+    for lv, limit, name in (
+        (main, 1.25, f"overhead c={c} 1 img/req"),
+        (big, 1.10, f"overhead c={big_request[0]} {big_request[1]} img/req"),
+    ):
+        if lv is None or lv.server_cpu_ms_per_image is None or not lv.batch_sizes:
+            out.append(_check(name, None, limit, True, "server CPU/image ÷ raw CPU/image"))
+            continue
+        _, raw_cpu = raw.at_mix(lv.batch_sizes)
+        out.append(
+            _check(
+                name,
+                lv.server_cpu_ms_per_image / raw_cpu,
+                limit,
+                True,
+                f"server {lv.server_cpu_ms_per_image:.3f} ms CPU/img vs raw {raw_cpu:.3f} at the same batch sizes",
+            )
+        )
+    if main is not None and main.batch_sizes:
+        raw_ips, _ = raw.at_mix(main.batch_sizes)
+        ratio = main.throughput_images_s / raw_ips
+        corrected = ratio / max(1e-9, 1.0 - main.loadgen_cpu_share)
+        detail = (
+            f"service {main.throughput_images_s:.1f} img/s vs raw {raw_ips:.1f} img/s at the same batch sizes; "
+            f"load generator used {main.loadgen_cpu_share:.0%} of the machine"
+        )
+        out.append(_check(f"throughput c={c} (raw)", ratio, 0.85, False, detail))
+        out.append(
+            _check(
+                f"throughput c={c} (corrected for load generator)",
+                corrected,
+                0.85,
+                False,
+                "raw ratio ÷ (1 − load generator CPU share)",
+            )
+        )
+    else:
+        out.append(_check(f"throughput c={c}", None, 0.85, False, "service img/s ÷ raw img/s"))
+    if main is not None and base1 is not None and base1.throughput_images_s > 0:
+        gain = main.throughput_images_s / base1.throughput_images_s
+        if backend == "torch":
+            out.append(
+                _check(
+                    f"batching gain c={c} (torch)",
+                    gain,
+                    2.5,
+                    False,
+                    f"{main.throughput_images_s:.1f} vs {base1.throughput_images_s:.1f} img/s with max_batch_size=1",
+                )
+            )
+        else:
+            bmax = max(raw.points)
+            raw_gain = raw.points[bmax].images_per_s / raw.points[1].images_per_s if 1 in raw.points else None
+            limit = 0.9 * raw_gain if raw_gain else None
+            out.append(
+                _check(
+                    f"batching gain c={c} ({backend})",
+                    gain,
+                    limit,
+                    False,
+                    f"{main.throughput_images_s:.1f} vs {base1.throughput_images_s:.1f} img/s with "
+                    f"max_batch_size=1; raw batch-{bmax}/batch-1 gain "
+                    f"{raw_gain if raw_gain is None else round(raw_gain, 2)}, limit 0.9x that",
+                )
+            )
+    else:
+        out.append(_check(f"batching gain c={c}", None, None, False, "needs --spawn (max_batch_size=1 server)"))
+    if one is not None and one.latency_ms and 1 in raw.points:
+        raw1 = raw.points[1].wall_ms_per_batch_p50
+        out.append(
+            _check(
+                "latency c=1 p50",
+                one.latency_ms["p50"],
+                raw1 + 3.0,
+                True,
+                f"limit = raw single-image inference {raw1:.2f} ms + 3 ms",
+            )
+        )
+        out.append(_check("latency c=1 p99", one.latency_ms["p99"], 2 * one.latency_ms["p50"], True, "limit = 2 x p50"))
+    else:
+        out.append(_check("latency c=1", None, None, True, "needs concurrency 1"))
+    return out
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def format_table(levels: Sequence[LevelResult]) -> str:
+    head = (
+        "server",
+        "conc",
+        "img/req",
+        "req",
+        "img/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "err",
+        "batch",
+        "queue ms",
+        "infer ms",
+        "srv CPU ms/img",
+        "srv CPU",
+        "loadgen CPU",
+    )
+    rows = [head]
+    for lv in levels:
+        lat = lv.latency_ms
+        mix = lv.batch_sizes
+        mean_b = lv.mean_batch_size or (sum(mix.values()) / sum(n / b for b, n in mix.items()) if mix else None)
+        rows.append(
+            (
+                lv.label or "dynamic",
+                str(lv.concurrency),
+                str(lv.images_per_request),
+                str(lv.requests),
+                f"{lv.throughput_images_s:.1f}",
+                *(f"{lat[k]:.1f}" if k in lat else "-" for k in ("p50", "p95", "p99")),
+                str(lv.errors),
+                "-" if mean_b is None else f"{mean_b:.1f}",
+                "-" if lv.server_queue_ms_p50 is None else f"{lv.server_queue_ms_p50:.1f}",
+                "-" if lv.server_inference_ms_p50 is None else f"{lv.server_inference_ms_p50:.1f}",
+                "-" if lv.server_cpu_ms_per_image is None else f"{lv.server_cpu_ms_per_image:.3f}",
+                "-" if lv.server_cpu_share is None else f"{lv.server_cpu_share:.0%}",
+                f"{lv.loadgen_cpu_share:.0%}",
+            )
+        )
+    return _columns(rows)
+
+
+def format_raw(raw: RawResult) -> str:
+    rows = [("raw batch", "runs", "ms/batch p50", "img/s", "CPU ms/img")]
+    for p in raw.points.values():
+        rows.append(
+            (
+                str(p.batch_size),
+                str(p.runs),
+                f"{p.wall_ms_per_batch_p50:.2f}",
+                f"{p.images_per_s:.1f}",
+                f"{p.cpu_ms_per_image:.3f}",
+            )
+        )
+    return _columns(rows)
+
+
+def format_targets(targets: Sequence[Target]) -> str:
+    rows = [("target", "value", "limit", "result", "detail")]
+    for t in targets:
+        result = "n/a" if t.ok is None else ("PASS" if t.ok else "MISS")
+        rows.append(
+            (
+                t.name,
+                "-" if t.value is None else f"{t.value:.3g}",
+                "-" if t.limit is None else f"{t.limit:.3g}",
+                result,
+                t.detail,
+            )
+        )
+    return _columns(rows)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Plan:
+    levels: list[tuple[int, int]]  # (concurrency, images per request)
+    duration: float
+    warmup: float
+    max_requests: int
+    model: str | None
+    fmt: str
+
+
+async def run_levels(
+    url: str, plan: Plan, pid: int | None, label: str = "", log: Any = None
+) -> tuple[list[LevelResult], dict[str, Any]]:
+    max_conc = max(c for c, _ in plan.levels)
+    limits = httpx.Limits(max_connections=max_conc + 4, max_keepalive_connections=max_conc + 4)
+    timeout = httpx.Timeout(120.0, connect=10.0)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        r = await client.get("/v1/models")
+        if r.status_code != 200:
+            raise BenchError(f"GET {url}/v1/models answered {r.status_code}: {r.text[:200]}")
+        listing = r.json()
+        model = plan.model or listing.get("default")
+        info = next((m for m in listing["data"] if m["id"] == model), None)
+        if info is None:
+            raise BenchError(f"model {model!r} is not served at {url} (served: {[m['id'] for m in listing['data']]})")
+        probe = ServerProbe(client, url, pid)
+        await probe.setup()
+        results = []
+        seed = 0
+        for conc, ipr in plan.levels:
+            lv = await run_level(
+                client,
+                probe,
+                concurrency=conc,
+                images_per_request=ipr,
+                duration=plan.duration,
+                warmup=plan.warmup,
+                model=model,
+                fmt=plan.fmt,
+                max_requests=plan.max_requests,
+                seed_base=seed,
+            )
+            seed += 10**9
+            lv.label = label
+            results.append(lv)
+            if log:
+                print(
+                    f"  {label or 'dynamic'} c={conc} img/req={ipr}: {lv.throughput_images_s:.1f} img/s, "
+                    f"p50 {lv.latency_ms.get('p50', float('nan')):.1f} ms, errors {lv.errors}",
+                    file=log,
+                    flush=True,
+                )
+    server = {
+        "model": model,
+        "backend": info.get("backend"),
+        "max_batch_size": info.get("max_batch_size"),
+        "img_shape": [info.get("img_channels"), info.get("img_resolution"), info.get("img_resolution")],
+        "cpu_source": probe.cpu_source,
+    }
+    return results, server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m service.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:]),
+    )
+    p.add_argument("--url", default=None, help="service to load (default with --spawn: the spawned server)")
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated concurrency levels")
+    p.add_argument("--images-per-request", default="1", help="comma-separated; every pair with --concurrency runs")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level (max 600)")
+    p.add_argument("--warmup", type=float, default=None, help="unmeasured seconds before each level (default 1-2 s)")
+    p.add_argument("--max-requests", type=int, default=1_000_000, help="stop a level after this many requests")
+    p.add_argument("--model", default=None, help="model name (default: the server's default model)")
+    p.add_argument("--format", default="png", choices=("png", "jpeg", "webp"))
+    p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="folder of model dirs: enables the raw backend measurement (and is what --spawn serves)",
+    )
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="backend for --spawn and the raw measurement (default: the one the server reports)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/ORT intra-op threads for --spawn and the raw measurement (default: runtime's own)",
+    )
+    p.add_argument("--raw-seconds", type=float, default=1.0, help="seconds of raw timing per batch size")
+    p.add_argument("--no-raw", action="store_true", help="skip the raw backend measurement")
+    p.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start `python -m service` on a free loopback port (needs --models-dir), and a "
+        "max_batch_size=1 server for the batching gain",
+    )
+    p.add_argument("--max-batch-size", type=int, default=32, help="with --spawn: ONESTEP_MAX_BATCH_SIZE")
+    p.add_argument("--no-baseline", action="store_true", help="with --spawn: skip the max_batch_size=1 server")
+    p.add_argument("--server-log", type=Path, default=None, help="with --spawn: append server output here")
+    p.add_argument(
+        "--targets",
+        action="store_true",
+        help="also run the levels the issue-6 targets need: c=1, c=32 (1 img/req), c=4 (16 img/req)",
+    )
+    p.add_argument("--target-concurrency", type=int, default=32)
+    return p
+
+
+def plan_levels(args: argparse.Namespace) -> list[tuple[int, int]]:
+    concs = parse_int_list(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
+    iprs = parse_int_list(args.images_per_request, "--images-per-request", 1, 4096)
+    levels = [(c, i) for i in iprs for c in concs]
+    if args.targets:
+        for lv in ((1, 1), (args.target_concurrency, 1), big_request_level(args)):
+            if lv not in levels:
+                levels.append(lv)
+    if len(levels) > MAX_LEVELS:
+        raise BenchError(f"{len(levels)} levels; at most {MAX_LEVELS}")
+    return levels
+
+
+def big_request_level(args: argparse.Namespace) -> tuple[int, int]:
+    """16 images per request at a concurrency that keeps two max-size batches in flight."""
+    return (max(1, 2 * args.max_batch_size // 16), 16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args, argv if argv is not None else sys.argv[1:])
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    if not 0 < args.duration <= MAX_DURATION_S:
+        raise BenchError(f"--duration must be in (0, {MAX_DURATION_S:.0f}]")
+    if args.max_requests < 1:
+        raise BenchError("--max-requests must be >= 1")
+    if args.spawn and args.models_dir is None:
+        raise BenchError("--spawn needs --models-dir")
+    if args.spawn and args.url:
+        raise BenchError("--spawn starts its own server: drop --url")
+    if not args.spawn and not args.url:
+        raise BenchError("give --url (or --spawn --models-dir DIR)")
+    if args.url:
+        check_loopback(args.url, args.allow_remote)
+    levels = plan_levels(args)
+    warmup = args.warmup if args.warmup is not None else min(2.0, max(0.5, args.duration / 10))
+    plan = Plan(levels, args.duration, warmup, args.max_requests, args.model, args.format)
+    log = sys.stderr
+    report: dict[str, Any] = {
+        "command": "python -m service.bench " + " ".join(argv),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "plan": asdict(plan),
+    }
+    levels_out: list[LevelResult] = []
+    if args.spawn:
+        max_ipr = max(i for _, i in levels)
+        queue = max(256, 2 * max(c * i for c, i in levels), 2 * max_ipr)
+        with _spawned(args, args.max_batch_size, queue) as srv:
+            print(f"spawned {srv.url} ({args.backend or 'torch'}, max_batch_size={args.max_batch_size})", file=log)
+            results, server = asyncio.run(run_levels(srv.url, plan, srv.process.pid, log=log))
+            levels_out += results
+        if not args.no_baseline:
+            c = args.target_concurrency if args.targets else max(c for c, _ in levels)
+            base_plan = Plan([(c, 1)], args.duration, warmup, args.max_requests, args.model, args.format)
+            with _spawned(args, 1, queue) as srv:
+                print(f"spawned {srv.url} (max_batch_size=1 baseline)", file=log)
+                results, _ = asyncio.run(run_levels(srv.url, base_plan, srv.process.pid, "max_batch_size=1", log))
+                levels_out += results
+        server["url"] = "spawned"
+    else:
+        results, server = asyncio.run(run_levels(args.url, plan, None, log=log))
+        levels_out += results
+        server["url"] = args.url
+    report["server"] = server
+    report["levels"] = [asdict(lv) for lv in levels_out]
+    backend = args.backend or server.get("backend") or "torch"
+    raw: RawResult | None = None
+    if args.models_dir is not None and not args.no_raw:
+        model_dir = find_model_dir(args.models_dir, server["model"])
+        sizes = raw_sizes(levels_out, int(server.get("max_batch_size") or args.max_batch_size))
+        print(f"raw {backend} backend at batch sizes {sizes} ...", file=log, flush=True)
+        raw = measure_raw(model_dir, backend, sizes, args.threads, args.raw_seconds)
+        report["raw"] = {
+            "backend": raw.backend,
+            "threads": raw.threads,
+            "points": [asdict(p) for p in raw.points.values()],
+        }
+    targets = evaluate_targets(levels_out, raw, backend, args.target_concurrency, big_request_level(args))
+    report["targets"] = [asdict(t) for t in targets]
+    print(
+        f"\nmodel {server['model']} on {backend}; server CPU from {server['cpu_source']}; "
+        f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']})"
+    )
+    print(format_table(levels_out))
+    if raw is not None:
+        print()
+        print(format_raw(raw))
+    print()
+    print(format_targets(targets))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if any(lv.requests == 0 for lv in levels_out) else 0
+
+
+@contextlib.contextmanager
+def _spawned(args: argparse.Namespace, max_batch_size: int, queue: int) -> Iterator[SpawnedServer]:
+    srv = spawn_server(
+        args.models_dir,
+        args.backend or "torch",
+        max_batch_size=max_batch_size,
+        max_queue_images=queue,
+        threads=args.threads,
+        log_path=args.server_log,
+    )
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
