@@ -1,0 +1,276 @@
+"""Dynamic batching per model: a bounded FIFO queue counted in images, one inference thread.
+
+A batch starts when it holds ``max_batch_size`` images or when its oldest request has waited ``max_wait_ms``
+(Triton's and Ray Serve's rule, timed from the first arrival); a request that finds the batcher idle (nothing
+queued or computing) runs at once, since no wait can help it. While a batch computes, new requests queue
+up and form the next one. Requests larger than a batch are split across batches and reassembled. Work of
+requests that were cancelled (client gone, deadline passed) is dropped before compute and never resolves a
+future twice (the bugs of Ray Serve #41057/#50046).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+
+import numpy as np
+
+from service.backends.base import Backend
+from service.metrics import ModelMetrics
+
+log = logging.getLogger("service.batcher")
+
+
+class QueueFull(Exception):
+    """The queue has no room for the request's images."""
+
+
+class NotAccepting(Exception):
+    """The batcher is shutting down or its loop died."""
+
+
+class JobCancelled(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InferenceFailed(Exception):
+    pass
+
+
+class Job:
+    """One request's images, possibly spread over several batches."""
+
+    __slots__ = (
+        "n",
+        "seeds",
+        "labels",
+        "enqueued",
+        "deadline",
+        "future",
+        "offset",
+        "done",
+        "parts",
+        "cancelled",
+        "started",
+        "inference_s",
+        "batch_size",
+    )
+
+    def __init__(self, seeds: list[int], labels: list[int] | None, deadline: float, future: asyncio.Future):
+        self.n = len(seeds)
+        self.seeds = seeds
+        self.labels = labels
+        self.enqueued = time.perf_counter()
+        self.deadline = deadline
+        self.future = future
+        self.offset = 0  # images handed to batches so far
+        self.done = 0  # images computed so far
+        self.parts: list[np.ndarray] = []
+        self.cancelled: str | None = None
+        self.started: float | None = None
+        self.inference_s = 0.0
+        self.batch_size = 0
+        self.eager = False
+
+    def images(self) -> list[np.ndarray]:
+        """HWC uint8 views, in request order."""
+        return [img for part in self.parts for img in part]
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        backend: Backend,
+        executor: Executor,
+        metrics: ModelMetrics,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_images: int,
+        idle_dispatch: bool = True,
+    ):
+        self.model = model
+        self.backend = backend
+        self.executor = executor
+        self.metrics = metrics
+        pref = backend.preferred_batch_sizes
+        # With preferred sizes, never form a batch larger than the largest one.
+        self.max_batch_size = min(max_batch_size, max(pref)) if pref else max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue_images = max_queue_images
+        self.idle_dispatch = idle_dispatch
+        self._computing = False
+        self._queue: deque[Job] = deque()
+        self.queued_images = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.consecutive_failures = 0
+        self.dead: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            if not self._closing:
+                self.dead = "batch loop stopped"
+        else:
+            self.dead = f"batch loop died: {task.exception()!r}"
+            log.error("%s: %s", self.model, self.dead, exc_info=task.exception())
+        for job in list(self._queue):
+            self.cancel(job, "not_ready")
+        self.metrics.ready.set(0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.dead is None and self.consecutive_failures < 3
+
+    async def close(self) -> None:
+        """Stop accepting, run what is queued without waiting for more, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, seeds: list[int], labels: list[int] | None, deadline: float) -> Job:
+        if self._closing or self.dead is not None:
+            raise NotAccepting(self.dead or "shutting down")
+        n = len(seeds)
+        if self.queued_images + n > self.max_queue_images:
+            raise QueueFull(f"queue holds {self.queued_images} of {self.max_queue_images} images")
+        job = Job(seeds, labels, deadline, asyncio.get_running_loop().create_future())
+        # A request that finds the batcher idle runs at once: waiting could only add latency (Triton's default).
+        job.eager = self.idle_dispatch and not self._computing and self.queued_images == 0
+        self._queue.append(job)
+        self.queued_images += n
+        self.metrics.queue_depth.set(self.queued_images)
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """Drop a job's queued images at once (frees its queue slots) and fail its future."""
+        if job.cancelled is not None:
+            return
+        job.cancelled = reason
+        left = job.n - job.offset
+        if left:
+            job.offset = job.n
+            self.queued_images -= left
+            self.metrics.queue_depth.set(self.queued_images)
+        if not job.future.done():
+            job.future.set_exception(JobCancelled(reason))
+            job.future.exception()  # mark retrieved: nobody may be awaiting it any more
+
+    # ------------------------------------------------------------ the loop
+
+    def _head(self) -> Job | None:
+        q = self._queue
+        while q and (q[0].cancelled is not None or q[0].offset >= q[0].n):
+            q.popleft()
+        return q[0] if q else None
+
+    def _take(self, now: float) -> list[tuple[Job, int, int]]:
+        room = self.max_batch_size
+        batch: list[tuple[Job, int, int]] = []
+        q = self._queue
+        while room and q:
+            job = q[0]
+            if job.cancelled is not None or job.offset >= job.n:
+                q.popleft()
+                continue
+            if now > job.deadline:
+                self.cancel(job, "deadline")
+                q.popleft()
+                continue
+            take = min(room, job.n - job.offset)
+            batch.append((job, job.offset, job.offset + take))
+            job.offset += take
+            room -= take
+            if job.started is None:
+                job.started = now
+                self.metrics.queue_wait.observe(now - job.enqueued)
+            if job.offset >= job.n:
+                q.popleft()
+        self.queued_images -= self.max_batch_size - room
+        self.metrics.queue_depth.set(self.queued_images)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            head = self._head()
+            if head is None:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Wait for a full batch, at most max_wait after the oldest request arrived.
+            while self.queued_images < self.max_batch_size and not self._closing and not head.eager:
+                delay = head.enqueued + self.max_wait - time.perf_counter()
+                if delay <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    break
+                head = self._head()
+                if head is None:
+                    break
+            batch = self._take(time.perf_counter())
+            if batch:
+                await self._compute(loop, batch)
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int, int]]) -> None:
+        seeds: list[int] = []
+        labels: list[int] | None = [] if batch[0][0].labels is not None else None
+        for job, a, b in batch:
+            seeds.extend(job.seeds[a:b])
+            if labels is not None:
+                labels.extend(job.labels[a:b])  # type: ignore[index]
+        size = len(seeds)
+        t0 = time.perf_counter()
+        self._computing = True
+        try:
+            out = await loop.run_in_executor(self.executor, self.backend.generate, seeds, labels)
+        except Exception as e:  # a failed batch fails its requests, not the service
+            self.consecutive_failures += 1
+            log.exception("%s: batch of %d failed", self.model, size)
+            for job, _, _ in batch:
+                if not job.future.done():
+                    job.future.set_exception(InferenceFailed(f"inference failed: {type(e).__name__}: {e}"))
+                    job.future.exception()
+            return
+        finally:
+            self._computing = False
+        self.consecutive_failures = 0
+        dt = time.perf_counter() - t0
+        m = self.metrics
+        m.batch_inference.observe(dt)
+        m.batch_size.observe(size)
+        m.images_generated.inc(size)
+        pos = 0
+        for job, a, b in batch:
+            k = b - a
+            if job.cancelled is None:
+                job.parts.append(out[pos : pos + k])
+                job.inference_s += dt
+                job.batch_size = max(job.batch_size, size)
+                job.done += k
+                if job.done >= job.n and not job.future.done():
+                    job.future.set_result(None)
+            pos += k

@@ -1,0 +1,112 @@
+"""Service settings, read from the environment (prefix ``ONESTEP_``) or passed to ``create_app``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+
+
+def _str_list(value: object) -> object:
+    """Accept a JSON list or a comma-separated string (``ONESTEP_API_KEYS=k1,k2``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every option of the service. Environment variables are the upper-case names with the ``ONESTEP_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="ONESTEP_", extra="ignore", protected_namespaces=())
+
+    models_dir: Path = Field(
+        Path("models"),
+        description="Folder whose subfolders are model dirs; every one holding a config.json of kind 'generator' "
+        "is served (others, such as classifiers, are ignored).",
+    )
+    default_model: str = Field(
+        "fmnist-d2o",
+        description="Model used when a request names none; loaded first. Falls back to the first model found.",
+    )
+    backend: BackendName = Field(
+        "torch", description="Inference backend for every model: torch, onnxruntime or tensorrt."
+    )
+    model_backends: dict[str, BackendName] = Field(
+        default_factory=dict,
+        description='Per-model backend overrides as JSON, e.g. {"fmnist-d2o": "onnxruntime"}.',
+    )
+    device: str = Field(
+        "auto", description="Torch device for the torch backend: 'auto' (CUDA when available), 'cpu' or 'cuda:N'."
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Largest batch the batcher forms, counted in images.")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=60_000,
+        description="Longest time a batch waits for more work, measured from its first queued request, before it "
+        "runs with what it has. A full batch runs at once.",
+    )
+    idle_dispatch: bool = Field(
+        True,
+        description="A request that finds its model idle (nothing queued or computing) runs at once instead of "
+        "waiting max_wait_ms for company; under load batches still fill as described above.",
+    )
+    max_queue_images: int = Field(
+        256, ge=1, description="Queue bound per model, in images; a request that does not fit gets 503 + Retry-After."
+    )
+    max_images_per_request: int = Field(64, ge=1, description="Largest num_images a request may ask for (else 413).")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Per-request deadline from arrival to generated images; past it the request gets 504."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header value (seconds) sent with 503 responses.")
+    max_body_bytes: int = Field(64 * 1024, ge=256, description="Largest request body accepted (else 413).")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted bearer tokens (comma-separated or a JSON list). Empty: authentication is off.",
+    )
+    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/healthz", "/metrics"],
+        description="Paths reachable without an API key when keys are set (comma-separated or a JSON list).",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads for the torch backend; unset keeps torch's default."
+    )
+    ort_intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads; unset lets ONNX Runtime choose."
+    )
+    encode_threads: int = Field(1, ge=1, description="Threads that encode images (PNG/JPEG/WebP) beside inference.")
+    warmup: bool = Field(
+        True, description="Run every batch size the batcher may use once before reporting ready (/readyz)."
+    )
+    host: str = Field("127.0.0.1", description="Address `python -m service` listens on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="Port `python -m service` listens on.")
+    workers: int = Field(
+        1, ge=1, description="uvicorn worker processes; each loads every model and keeps its own metrics."
+    )
+    graceful_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."
+    )
+    log_level: str = Field("info", description="uvicorn log level.")
+    access_log: bool = Field(False, description="uvicorn access log (one line per request; costs CPU under load).")
+
+    @field_validator("api_keys", "auth_exempt_paths", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return _str_list(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if any(not key for key in self.api_keys):
+            raise ValueError("api_keys: empty key")
+        return self
+
+    def backend_for(self, model: str) -> BackendName:
+        return self.model_backends.get(model, self.backend)

@@ -1,0 +1,76 @@
+"""Prometheus metrics of one app, in their own registry (several apps may live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seconds, roughly 1-2-5 spaced from 0.5 ms to 10 s: one-step models answer in milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+REJECT_REASONS = ("queue_full", "deadline", "not_ready", "too_large", "unauthorized", "client_disconnected")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "onestep_request_duration_seconds",
+            "POST /generate time in the server, by model and HTTP status.",
+            ["model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "onestep_queue_wait_seconds",
+            "Time a request waited in the batch queue before its first batch started.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_inference = Histogram(
+            "onestep_batch_inference_seconds",
+            "Compute time of one batch (noise, forward pass, conversion to uint8).",
+            ["model", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "onestep_batch_size", "Images per executed batch.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.encode = Histogram(
+            "onestep_encode_seconds",
+            "Time to encode one request's images.",
+            ["format"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_generated = Counter("onestep_images_generated", "Images computed.", ["model"], registry=r)
+        self.queue_depth = Gauge("onestep_queue_depth", "Images waiting in the batch queue.", ["model"], registry=r)
+        self.rejected = Counter(
+            "onestep_rejected_requests", "Requests refused or abandoned, by reason.", ["reason"], registry=r
+        )
+        self.model_ready = Gauge(
+            "onestep_model_ready", "1 when the model is loaded and warmed up.", ["model"], registry=r
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        self._rejected = {reason: self.rejected.labels(reason) for reason in REJECT_REASONS}
+
+    def reject(self, reason: str) -> None:
+        self._rejected[reason].inc()
+
+    def for_model(self, model: str, backend: str) -> ModelMetrics:
+        return ModelMetrics(self, model, backend)
+
+
+class ModelMetrics:
+    """Label children bound once per model: label lookups are not free on the hot path."""
+
+    def __init__(self, m: Metrics, model: str, backend: str) -> None:
+        self.queue_wait = m.queue_wait.labels(model)
+        self.batch_inference = m.batch_inference.labels(model, backend)
+        self.batch_size = m.batch_size.labels(model)
+        self.images_generated = m.images_generated.labels(model)
+        self.queue_depth = m.queue_depth.labels(model)
+        self.ready = m.model_ready.labels(model)
