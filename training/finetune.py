@@ -1,0 +1,480 @@
+"""D2O / D2O-F: turn an EDM teacher into a one-step generator with a GAN loss alone.
+
+``python -m training.finetune --teacher RUN_OR_MODEL_DIR [--preset fmnist]``; rerun with ``--resume RUN_DIR``.
+
+G(z, y) = D2OPrecond copy of the teacher's EMA network, evaluated once at sigma = 80 on 80 z. Per step (one global
+batch of B real images, B generated ones with the real batch's labels; "images" counts both sides once):
+
+1. D step: L_D = softplus(-D(x)) + softplus(D(G(z))), summed over D's feature levels; on every
+   ``r1_interval``-th step (step % interval == 0) the lazy R1 term ``gamma/2 * ||grad_x D(x)||^2 * interval`` on
+   the reals is added to the same step (so no extra optimizer step and no Adam correction are needed).
+2. G step: L_G = softplus(-D(G(z))) (non-saturating), plus ``distill_weight`` times the distance between G and the
+   teacher's Heun output on pairs from ``training.make_pairs`` when the objective includes ``distill``.
+Adam betas (0, 0.99) for both nets, EMA of G with EDM's half-life ramp. All per-step randomness (z, pair order)
+comes from (seed, step) for the whole global batch, so a torchrun step equals a single-process one; gradients
+are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, which DDP does not support).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.checkpoint import save_model
+from training.datasets import BatchStream, open_dataset
+from training.discriminator import (
+    DEFAULT_SIGMAS,
+    Discriminator,
+    TeacherEncoder,
+    build_discriminator,
+    count_trainable,
+    feature_distance,
+)
+from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
+from training.ema import EMA
+from training.freeze import FREEZE_MODES, FreezeReport, apply_freeze
+from training.loop import LoopOptions, RunLog, create_run_dir, load_run_config, run_training, save_run_config
+from training.make_pairs import PairsReader
+from training.precond import SIGMA_MAX, D2OPrecond, EDMPrecond, OneStepGenerator, count_parameters
+from training.presets import preset_args, preset_names
+from training.pretrain import GRID_SEED, _share_path, grid_labels
+from training.sampling import seeded_noise
+from training.teacher import Teacher, load_teacher
+
+OBJECTIVES = ("gan", "distill", "gan+distill")
+DISCS = ("teacher", "scratch", "backbone")
+
+
+def build_generator(teacher: EDMPrecond, dropout: float | None = 0.0, sigma: float = SIGMA_MAX) -> OneStepGenerator:
+    """A D2O-preconditioned copy of the teacher (same weights), wrapped as G(z, y) at ``sigma``."""
+    kw = dict(teacher.model_kwargs)
+    if dropout is not None:
+        kw["dropout"] = dropout
+    net = D2OPrecond(
+        img_resolution=teacher.img_resolution,
+        img_channels=teacher.img_channels,
+        label_dim=teacher.label_dim,
+        use_fp16=teacher.use_fp16,
+        sigma_min=teacher.sigma_min,
+        sigma_max=teacher.sigma_max,
+        sigma_data=teacher.sigma_data,
+        model_type=teacher.model_type,
+        **kw,
+    )
+    net.load_state_dict(teacher.state_dict(), strict=True)
+    return OneStepGenerator(net.to(next(teacher.parameters()).device), sigma=sigma)
+
+
+def _average_grads(params: list[torch.nn.Parameter], world: World) -> None:
+    """Mean of the gradients across ranks (one flat all-reduce), then the paper's NaN/Inf guard."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world.distributed and grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+    for g in grads:
+        torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5, out=g)
+
+
+class FinetuneTask:
+    """One D2O fine-tuning step per global batch; see the module docstring."""
+
+    def __init__(
+        self,
+        generator: OneStepGenerator,
+        disc: Discriminator | None,
+        world: World,
+        cfg: dict[str, Any],
+        teacher: Teacher | None = None,
+        pairs: PairsReader | None = None,
+    ):
+        self.world = world
+        self.cfg = cfg
+        self.objective = cfg["objective"]
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        self.use_gan = self.objective != "distill"
+        self.use_distill = self.objective != "gan"
+        device = world.device
+        self.g = generator.to(device).train()
+        self.net = self.g.denoiser
+        self.freeze: FreezeReport = apply_freeze(self.net, cfg["freeze"])
+        broadcast_module(self.net, world)
+        self.g_params = [p for p in self.net.parameters() if p.requires_grad]
+        self.g_opt = torch.optim.Adam(self.g_params, lr=cfg["g_lr"], betas=(0.0, 0.99), eps=1e-8)
+        self.ema = EMA(self.net, halflife_kimg=cfg["ema_halflife_kimg"], rampup_ratio=cfg["ema_rampup"])
+        self.disc = disc
+        if self.use_gan:
+            if disc is None:
+                raise ValueError(f"objective {self.objective!r} needs a discriminator")
+            self.disc = disc.to(device).train()
+            broadcast_module(self.disc, world)
+            self.d_params = self.disc.trainable_parameters()
+            self.d_opt = torch.optim.Adam(self.d_params, lr=cfg["d_lr"], betas=(0.0, 0.99), eps=1e-8)
+        self.pairs = pairs
+        self.distill_backbone: TeacherEncoder | None = None
+        if self.use_distill:
+            if pairs is None:
+                raise ValueError(f"objective {self.objective!r} needs --pairs (python -m training.make_pairs)")
+            if cfg["distill_loss"] == "feature":
+                if teacher is None:
+                    raise ValueError("--distill-loss feature needs the teacher")
+                self.distill_backbone = TeacherEncoder(teacher.net.to(device), cfg["disc_sigmas"])
+        self.batch_size = cfg["batch"]
+        self.label_dim = self.net.label_dim
+        self.img_shape = self.g.img_shape
+        self.last_r1 = 0.0
+        self._pair_perms: dict[int, torch.Tensor] = {}
+        n = cfg["grid_size"]
+        self.grid_noise = seeded_noise(range(GRID_SEED, GRID_SEED + n), self.img_shape)
+        self.grid_labels = grid_labels(self.label_dim, n)
+
+    # ------------------------------------------------------------ per-step randomness
+
+    def _rank_slice(self, per_rank: int) -> slice:
+        return slice(self.world.rank * per_rank, (self.world.rank + 1) * per_rank)
+
+    def _pair_indices(self, step: int, per_rank: int) -> torch.Tensor:
+        """Pair indices of this rank's share of step ``step``: epochs of seeded permutations, cut in batches."""
+        num = len(self.pairs)
+        pos = step * self.batch_size + torch.arange(self.batch_size)[self._rank_slice(per_rank)]
+        out = torch.empty_like(pos)
+        for epoch in pos.div(num, rounding_mode="floor").unique().tolist():
+            if epoch not in self._pair_perms:
+                g = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + 104729 * epoch + 17)
+                self._pair_perms[epoch] = torch.randperm(num, generator=g)
+                for old in [e for e in self._pair_perms if e < epoch - 1]:
+                    del self._pair_perms[old]
+            sel = pos.div(num, rounding_mode="floor") == epoch
+            out[sel] = self._pair_perms[epoch][pos[sel] % num]
+        return out
+
+    # ------------------------------------------------------------ the step
+
+    def _set_d_grad(self, flag: bool) -> None:
+        for p in self.d_params:
+            p.requires_grad_(flag)
+
+    def r1_due(self, step: int) -> bool:
+        return self.cfg["r1_gamma"] > 0 and self.cfg["r1_interval"] > 0 and step % self.cfg["r1_interval"] == 0
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
+        cfg = self.cfg
+        device = images.device
+        per_rank = images.shape[0]
+        y = labels if self.label_dim else None
+        stats: dict[str, float] = {}
+        self.g.train()
+
+        fake = None
+        if self.use_gan:
+            gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
+            z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)]
+            fake = self.g(z.to(device), y)
+
+            # D step on reals and (detached) fakes, with lazy R1 on its interval.
+            self._set_d_grad(True)
+            self.d_opt.zero_grad(set_to_none=True)
+            r1_step = self.r1_due(step)
+            real = images.detach().requires_grad_(r1_step)
+            logits_real = self.disc(real, y)
+            logits_fake = self.disc(fake.detach(), y)
+            loss_d = F.softplus(-logits_real).mean(0).sum() + F.softplus(logits_fake).mean(0).sum()
+            loss_r1 = torch.zeros((), device=device)
+            if r1_step:
+                (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
+                penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+                loss_r1 = penalty * (cfg["r1_gamma"] / 2) * cfg["r1_interval"]
+                self.last_r1 = penalty.item()
+            (loss_d + loss_r1).backward()
+            _average_grads(self.d_params, self.world)
+            self.d_opt.step()
+            self._set_d_grad(False)
+            stats.update(
+                loss_d=loss_d.item(),
+                loss_r1=loss_r1.item(),
+                r1_penalty=self.last_r1,
+                d_real=logits_real.detach().mean().item(),
+                d_fake=logits_fake.detach().mean().item(),
+            )
+
+        # G step.
+        self.g_opt.zero_grad(set_to_none=True)
+        loss_g = torch.zeros((), device=device)
+        if self.use_gan:
+            loss_gan = F.softplus(-self.disc(fake, y)).mean(0).sum()
+            loss_g = loss_g + loss_gan
+            stats["loss_g"] = loss_gan.item()
+        if self.use_distill:
+            zp, yp, target = self.pairs.get(self._pair_indices(step, per_rank))
+            zp, target = zp.to(device), target.to(device)
+            yp = yp.to(device) if self.label_dim else None
+            pred = self.g(zp, yp)
+            if cfg["distill_loss"] == "feature":
+                dist = feature_distance(self.distill_backbone, pred, target, yp)
+            else:
+                dist = (pred - target).square().mean(dim=(1, 2, 3))
+            loss_distill = dist.mean()
+            loss_g = loss_g + cfg["distill_weight"] * loss_distill
+            stats["loss_distill"] = loss_distill.item()
+        loss_g.backward()
+        _average_grads(self.g_params, self.world)
+        self.g_opt.step()
+        self.ema.update(self.net, self.batch_size, images_seen + self.batch_size)
+        return stats
+
+    # ------------------------------------------------------------ state, samples, export
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = dict(
+            g=self.net.state_dict(),
+            ema=self.ema.net.state_dict(),
+            g_opt=self.g_opt.state_dict(),
+            last_r1=self.last_r1,
+        )
+        if self.use_gan:
+            state.update(d=self.disc.trainable_state_dict(), d_opt=self.d_opt.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["g"])
+        self.ema.net.load_state_dict(state["ema"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.last_r1 = float(state.get("last_r1", 0.0))
+        if self.use_gan:
+            self.disc.load_trainable_state_dict(state["d"])
+            self.d_opt.load_state_dict(state["d_opt"])
+
+    def ema_generator(self) -> OneStepGenerator:
+        return OneStepGenerator(self.ema.net, sigma=self.g.sigma)
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        gen = self.ema_generator()
+        device = self.world.device
+        labels = self.grid_labels.to(device) if self.grid_labels is not None else None
+        out = [
+            gen(self.grid_noise[i : i + 64].to(device), labels[i : i + 64] if labels is not None else None)
+            for i in range(0, self.grid_noise.shape[0], 64)
+        ]
+        return torch.cat(out).clamp(-1, 1)
+
+    def export_model(self, out_dir: Path, images_seen: int) -> None:
+        cfg = self.cfg
+        save_model(
+            self.ema_generator(),
+            out_dir,
+            name=cfg["desc"],
+            class_names=cfg.get("class_names") or None,
+            extra=dict(
+                dataset=dict(spec=cfg["data"], resolution=self.net.img_resolution),
+                training=dict(
+                    stage="finetune",
+                    images_seen=images_seen,
+                    freeze=cfg["freeze"],
+                    frozen_fraction=round(self.freeze.fraction, 6),
+                    objective=cfg["objective"],
+                    disc=cfg["disc"],
+                    teacher=cfg.get("teacher_info", {"path": cfg.get("teacher")}),
+                ),
+            ),
+        )
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.finetune",
+        description="D2O / D2O-F: GAN-only fine-tune of an EDM teacher into a one-step generator.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", default=None, choices=preset_names(), help="named option set; explicit options win")
+    g = p.add_argument_group("teacher and data")
+    g.add_argument("--teacher", default=None, help="teacher run dir (pre-training) or denoiser model dir [required]")
+    g.add_argument(
+        "--data", default="fmnist", help="fmnist | idx:IMAGES,LABELS | cifar10:DIR | folder | file.zip | synthetic:N"
+    )
+    g.add_argument("--data-path", default=None, help="directory of the data set files where the spec needs one")
+    g = p.add_argument_group("method")
+    g.add_argument("--objective", default="gan", choices=OBJECTIVES, help="gan is D2O; distill is the baseline")
+    g.add_argument("--freeze", default="d2o-f", choices=FREEZE_MODES, help="d2o-f freezes the block convs (D2O-F)")
+    g.add_argument("--disc", default="teacher", choices=DISCS, help="D: frozen teacher encoder, scratch, or a file")
+    g.add_argument("--disc-width", type=int, default=64, help="channels of each discriminator head")
+    g.add_argument(
+        "--disc-sigmas",
+        type=lambda s: [float(v) for v in s.split(",")],
+        default=list(DEFAULT_SIGMAS),
+        help="noise levels at which the teacher encoder sees images (comma list)",
+    )
+    g.add_argument("--disc-backbone", default=None, metavar="FILE.safetensors", help="weights of a pluggable backbone")
+    g.add_argument("--disc-backbone-config", default=None, metavar="FILE.json", help="its config (see docs)")
+    g.add_argument("--r1-gamma", type=float, default=1e-4, help="R1 weight on reals (0 = off)")
+    g.add_argument("--r1-interval", type=int, default=16, help="apply R1 every this many D steps, scaled by it")
+    g.add_argument("--pairs", default=None, help="pairs dir from python -m training.make_pairs (distill objectives)")
+    g.add_argument("--distill-loss", default="l2", choices=["l2", "feature"], help="distance for distill objectives")
+    g.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distill term")
+    g.add_argument("--sigma", type=float, default=SIGMA_MAX, help="the generator's noise level")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--duration", type=float, default=100, help="fine-tune length in kimg (real images seen by D)")
+    g.add_argument("--batch", type=int, default=32, help="global batch size")
+    g.add_argument("--g-lr", type=float, default=1e-4, help="generator Adam learning rate")
+    g.add_argument("--d-lr", type=float, default=1e-4, help="discriminator Adam learning rate")
+    g.add_argument("--ema-halflife-kimg", type=float, default=500, help="EMA half-life of G")
+    g.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life ramp: at most this x images seen")
+    g.add_argument("--dropout", type=float, default=0.0, help="G's dropout during the fine-tune (the paper: 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed for D init, data order, noise and pair order")
+    g = p.add_argument_group("I/O")
+    g.add_argument("--outdir", default="runs", help="where run dirs are created")
+    g.add_argument("--desc", default=None, help="run name suffix (default: data-objective-freeze)")
+    g.add_argument("--tick", type=float, default=2, help="kimg between stats lines")
+    g.add_argument("--snap", type=int, default=5, help="ticks between snapshots")
+    g.add_argument("--snap-minutes", type=float, default=15, help="also snapshot after this many minutes")
+    g.add_argument("--grid-size", type=int, default=60, help="images in each sample grid")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its last snapshot")
+    g.add_argument("--max-steps", type=int, default=None, help="stop (with a snapshot) after this many steps")
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.preset:
+        parser.set_defaults(**preset_args(pre.preset))
+    args = parser.parse_args(argv)
+    if not args.resume and not args.teacher:
+        parser.error("--teacher is required (a pre-training run dir or a denoiser model dir)")
+    if args.objective != "gan" and not args.pairs and not args.resume:
+        parser.error(f"--objective {args.objective} needs --pairs (make them with python -m training.make_pairs)")
+    if args.disc == "backbone" and not (args.disc_backbone and args.disc_backbone_config):
+        parser.error("--disc backbone needs --disc-backbone FILE.safetensors and --disc-backbone-config FILE.json")
+    return parser, args
+
+
+def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    skip = ("resume", "max_steps", "device", "threads")
+    cfg = {k: v for k, v in vars(args).items() if k not in skip}
+    cfg["desc"] = args.desc or "-".join(
+        [args.data.split(":")[0].split("/")[-1].removesuffix(".zip"), args.objective.replace("+", "-"), args.freeze]
+    )
+    return cfg
+
+
+def build_task(cfg: dict[str, Any], world: World) -> tuple[FinetuneTask, BatchStream]:
+    teacher = load_teacher(cfg["teacher"], device=world.device)
+    known = cfg.get("teacher_info", {}).get("fingerprint")
+    if known and known != teacher.info["fingerprint"]:
+        raise ValueError(f"--teacher {cfg['teacher']}: its weights changed since this run started; cannot resume")
+    cfg["teacher_info"] = teacher.info
+    net = teacher.net
+    dataset = open_dataset(
+        cfg["data"], split="train", resolution=net.img_resolution, path=cfg["data_path"], channels=net.img_channels
+    )
+    if (dataset.channels, dataset.resolution) != (net.img_channels, net.img_resolution):
+        raise ValueError(
+            f"--data {cfg['data']}: {dataset.channels}x{dataset.resolution}px images, but the teacher makes "
+            f"{net.img_channels}x{net.img_resolution}px"
+        )
+    if net.label_dim and dataset.num_classes != net.label_dim:
+        raise ValueError(
+            f"--data {cfg['data']}: {dataset.num_classes} classes, but the teacher is conditional on {net.label_dim}"
+        )
+    cfg["class_names"] = teacher.class_names or (list(dataset.class_names) if net.label_dim else [])
+    pairs = None
+    if cfg["objective"] != "gan":
+        pairs = PairsReader(cfg["pairs"])
+        if pairs.meta.get("teacher_fingerprint") != teacher.info["fingerprint"]:
+            raise ValueError(f"--pairs {cfg['pairs']}: made from another teacher than --teacher {cfg['teacher']}")
+    generator = build_generator(net, dropout=cfg["dropout"], sigma=cfg["sigma"])
+    torch.manual_seed(cfg["seed"])  # D's initialization: the same on every rank
+    disc = None
+    if cfg["objective"] != "distill":
+        disc = build_discriminator(
+            cfg["disc"],
+            teacher=net,
+            img_channels=net.img_channels,
+            img_resolution=net.img_resolution,
+            label_dim=net.label_dim,
+            width=cfg["disc_width"],
+            sigmas=cfg["disc_sigmas"],
+            backbone_weights=cfg["disc_backbone"],
+            backbone_config=cfg["disc_backbone_config"],
+        )
+    task = FinetuneTask(generator, disc, world, cfg, teacher=teacher, pairs=pairs)
+    stream = BatchStream(dataset, cfg["batch"], seed=cfg["seed"], rank=world.rank, world_size=world.world_size)
+    return task, stream
+
+
+def describe(task: FinetuneTask) -> dict[str, Any]:
+    """What the run records about its networks (config.json) and prints."""
+    out: dict[str, Any] = dict(
+        generator_parameters=count_parameters(task.net),
+        generator_trainable=count_trainable(task.net),
+        freeze_report=task.freeze.as_dict(),
+    )
+    if task.disc is not None:
+        out["discriminator_trainable"] = count_trainable(task.disc)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser, args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = init_distributed(args.device)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            cfg = load_run_config(run_dir)
+            given = argv if argv is not None else sys.argv[1:]
+            if any(a == "--duration" or a.startswith("--duration=") for a in given):
+                cfg["duration"] = args.duration
+        else:
+            cfg = run_config_from_args(args)
+            if args.batch % world.world_size:
+                parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
+            run_dir = None
+        task, stream = build_task(cfg, world)
+        info = describe(task)
+        if run_dir is None:
+            if world.is_main:
+                run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
+                save_run_config(run_dir, {**cfg, "world_size": world.world_size, **info})
+            run_dir = _share_path(run_dir, world)
+        log = RunLog(run_dir if world.is_main else None)
+        log(f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg['teacher_info']['model_dir']}")
+        log(
+            f"objective {cfg['objective']}  disc {cfg['disc']}  G {info['generator_parameters']:,} parameters, "
+            f"{info['generator_trainable']:,} trainable  D {info.get('discriminator_trainable', 0):,} trainable"
+        )
+        log(str(task.freeze))
+        options = LoopOptions(
+            total_kimg=cfg["duration"],
+            batch_size=cfg["batch"],
+            tick_kimg=cfg["tick"],
+            snapshot_ticks=cfg["snap"],
+            snapshot_minutes=cfg["snap_minutes"],
+            seed=cfg["seed"],
+        )
+        progress = run_training(
+            task, stream, options, world, run_dir, resume=bool(args.resume), max_steps=args.max_steps
+        )
+        return {"run_dir": str(run_dir), **progress}
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
