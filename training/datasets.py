@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -263,6 +263,19 @@ def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     return images, labels
 
 
+def _match_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
+    """uint8 [N, C, H, W] -> ``channels`` (gray replicated to RGB, RGB to ITU-R 601 luma as PIL does)."""
+    c = images.shape[1]
+    if channels is None or channels == c:
+        return images
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if channels == 3:
+        return np.repeat(images, 3, axis=1)
+    luma = images[:, 0] * 0.299 + images[:, 1] * 0.587 + images[:, 2] * 0.114
+    return np.clip(np.round(luma), 0, 255).astype(np.uint8)[:, None]
+
+
 def _square(images: np.ndarray, resolution: int | None) -> np.ndarray:
     h, w = images.shape[2:]
     if resolution is None:
@@ -277,6 +290,7 @@ def open_idx(
     labels_path: str | os.PathLike[str],
     *,
     resolution: int | None = None,
+    channels: int | None = None,
     name: str = "idx",
     class_names: list[str] | None = None,
 ) -> TensorImageDataset:
@@ -286,14 +300,18 @@ def open_idx(
         raise DatasetError(f"{labels_path}: label {int(labels.max())} out of range for {len(class_names)} classes")
     num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
     names = class_names if class_names is not None else [str(k) for k in range(num_classes)]
-    images = _square(images, resolution)
+    images = _match_channels(_square(images, resolution), channels)
     return TensorImageDataset(
         name, torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), num_classes, names
     )
 
 
 def open_fmnist(
-    split: str = "train", *, path: str | os.PathLike[str] | None = None, resolution: int | None = None
+    split: str = "train",
+    *,
+    path: str | os.PathLike[str] | None = None,
+    resolution: int | None = None,
+    channels: int | None = None,
 ) -> TensorImageDataset:
     """Fashion-MNIST (60000 train / 10000 test, 28x28 gray, 10 classes) from Debian's IDX files."""
     _check_split(split)
@@ -309,7 +327,9 @@ def open_fmnist(
                 f"{', '.join(FMNIST_FILES[split])}."
             )
         files.append(found)
-    return open_idx(files[0], files[1], resolution=resolution, name="fmnist", class_names=FMNIST_CLASSES)
+    return open_idx(
+        files[0], files[1], resolution=resolution, channels=channels, name="fmnist", class_names=FMNIST_CLASSES
+    )
 
 
 # ---------------------------------------------------------------- CIFAR-10 python batches
@@ -393,7 +413,7 @@ def _read_cifar_files(root: Path, names: list[str]) -> dict[str, tuple[bytes | N
 
 
 def open_cifar10(
-    root: str | os.PathLike[str], split: str = "train", *, resolution: int | None = None
+    root: str | os.PathLike[str], split: str = "train", *, resolution: int | None = None, channels: int | None = None
 ) -> TensorImageDataset:
     """CIFAR-10 python batches (32x32 RGB, 10 classes) without ever running plain ``pickle.load``."""
     _check_split(split)
@@ -431,7 +451,7 @@ def open_cifar10(
         if not isinstance(raw, list) or len(raw) != 10:
             raise DatasetError(f"{where}: expected 'label_names', a list of 10 names")
         class_names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
-    images = _square(np.concatenate(all_images), resolution)
+    images = _match_channels(_square(np.concatenate(all_images), resolution), channels)
     return TensorImageDataset(
         "cifar10", torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.concatenate(all_labels)),
         10, class_names,
@@ -473,6 +493,18 @@ class _FileSource:
     def where(self, name: str) -> str:
         return f"{self.root}:{name}" if self.is_zip else str(self.root / name)
 
+    def peek(self, name: str) -> tuple[tuple[int, int], str]:
+        """(size, mode) of an image from its header only."""
+        where = self.where(name)
+        try:
+            if self.is_zip:
+                with self._lock, self._open_zip().open(name) as f:
+                    return _peek_image(f, where)
+            with open(self.root / name, "rb") as f:
+                return _peek_image(f, where)
+        except (OSError, zipfile.BadZipFile, KeyError) as e:
+            raise DatasetError(f"{where}: cannot read: {e}") from e
+
     def read(self, name: str) -> bytes:
         try:
             if self.is_zip:
@@ -502,9 +534,9 @@ def _open_image(data: bytes, where: str) -> Image.Image:
         raise DatasetError(f"{where}: cannot decode image: {e}") from e
 
 
-def _peek_image(data: bytes, where: str) -> tuple[tuple[int, int], str]:
+def _peek_image(f: IO[bytes], where: str) -> tuple[tuple[int, int], str]:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(f) as img:
             return img.size, img.mode
     except UnidentifiedImageError:
         raise DatasetError(f"{where}: not an image, or a corrupt one (format not recognised)") from None
@@ -556,7 +588,7 @@ class FolderDataset(ImageDataset):
         self.labels = torch.tensor(labels, dtype=torch.int64)
         sizes, modes = [], set()
         for f in self.files:
-            size, mode = _peek_image(self.source.read(f), self.source.where(f))
+            size, mode = self.source.peek(f)
             sizes.append(size)
             modes.add(mode)
         if channels not in (None, 1, 3):
@@ -611,39 +643,49 @@ class FolderDataset(ImageDataset):
         index = {n: k for k, n in enumerate(names)}
         return [index[t] for t in tops], names  # type: ignore[index]
 
-    def load_uint8(self, i: int) -> torch.Tensor:
-        with self._cache_lock:
-            hit = self._cache.get(i)
-            if hit is not None:
-                self._cache.move_to_end(i)
-                return hit
+    def _decode(self, i: int) -> torch.Tensor:
         name = self.files[i]
         img = _open_image(self.source.read(name), self.source.where(name))
         try:
             x = image_to_uint8(img, self.channels, self.resolution)
         except (OSError, ValueError) as e:
             raise DatasetError(f"{self.source.where(name)}: cannot convert image: {e}") from e
-        nbytes = x.numel()
-        if nbytes <= self._cache_limit:
+        if x.numel() <= self._cache_limit:
             with self._cache_lock:
                 if i not in self._cache:
                     self._cache[i] = x
-                    self._cache_size += nbytes
+                    self._cache_size += x.numel()
                 while self._cache_size > self._cache_limit:
                     _, old = self._cache.popitem(last=False)
                     self._cache_size -= old.numel()
         return x
 
+    def _cached(self, ids: list[int]) -> list[torch.Tensor | None]:
+        with self._cache_lock:
+            out = [self._cache.get(i) for i in ids]
+            for i, x in zip(ids, out, strict=True):
+                if x is not None:
+                    self._cache.move_to_end(i)
+        return out
+
+    def load_uint8(self, i: int) -> torch.Tensor:
+        hit = self._cached([i])[0]
+        return hit if hit is not None else self._decode(i)
+
     def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._index_tensor(indices)
-        ids = [int(i) for i in idx]
-        if len(ids) > 1 and self._threads > 1:
+        ids = idx.tolist()
+        images = self._cached(ids)
+        misses = [k for k, x in enumerate(images) if x is None]
+        if len(misses) > 1 and self._threads > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="onestep-data")
-            images = list(self._pool.map(self.load_uint8, ids))
+            decoded = list(self._pool.map(self._decode, [ids[k] for k in misses]))
         else:
-            images = [self.load_uint8(i) for i in ids]
-        stacked = torch.stack(images) if images else torch.empty(0, *self.image_shape, dtype=torch.uint8)
+            decoded = [self._decode(ids[k]) for k in misses]
+        for k, x in zip(misses, decoded, strict=True):
+            images[k] = x
+        stacked = torch.stack(images) if images else torch.empty(0, *self.image_shape, dtype=torch.uint8)  # type: ignore[arg-type]
         return to_float(stacked), self.labels[idx]
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get an empty cache and no thread pool
@@ -726,23 +768,23 @@ def open_dataset(
     """Open a data set by spec (see the module docstring). ``resolution=None`` keeps the native size.
 
     Image folders, zips and IDX pairs have no split: every split gives the whole set (as EDM's FID reference).
-    ``channels`` (1 or 3) forces gray or RGB for folders and the synthetic set; folders otherwise infer it.
+    ``channels`` (1 or 3) forces gray or RGB (default: native; folders infer it, all-gray -> 1).
     """
     _check_split(split)
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution must be >= 1, got {resolution}")
     scheme, sep, arg = spec.partition(":")
     if scheme in ("fmnist", "fashion-mnist") and (sep or not Path(spec).exists()):
-        return open_fmnist(split, path=arg or path, resolution=resolution)
+        return open_fmnist(split, path=arg or path, resolution=resolution, channels=channels)
     if scheme == "cifar10" and (sep or not Path(spec).exists()):
         if not (arg or path):
             raise DatasetError("cifar10 needs the directory of its python batches: cifar10:DIR or --data-path DIR")
-        return open_cifar10(arg or path or "", split, resolution=resolution)
+        return open_cifar10(arg or path or "", split, resolution=resolution, channels=channels)
     if scheme == "idx" and sep:
         files = arg.split(",")
         if len(files) != 2 or not all(files):
             raise DatasetError(f"{spec!r}: expected idx:IMAGES_FILE,LABELS_FILE")
-        return open_idx(files[0], files[1], resolution=resolution)
+        return open_idx(files[0], files[1], resolution=resolution, channels=channels)
     if scheme == "synthetic" and sep:
         try:
             n = int(arg)

@@ -63,6 +63,8 @@ def test_idx_pair_reads_exact_pixels(tmp_path: Path, idx_arrays, gz: bool) -> No
     assert torch.equal(xb[0], x) and float(xb.min()) >= -1 and float(xb.max()) <= 1
     small = open_dataset(f"idx:{ip},{lp}", resolution=16)
     assert small[0][0].shape == (1, 16, 16)
+    rgb = open_dataset(f"idx:{ip},{lp}", channels=3)
+    assert rgb.channels == 3 and all(torch.equal(rgb[6][0][k], x[0]) for k in range(3))
 
 
 @pytest.mark.parametrize(
@@ -172,6 +174,8 @@ def test_cifar10_batches(cifar_dir: Path) -> None:
     assert x.shape == (3, 32, 32)
     assert x[:, 0, 0].tolist() == pytest.approx([v / 127.5 - 1 for v in (10, 20, 30)])
     assert open_dataset(f"cifar10:{cifar_dir}", resolution=16)[0][0].shape == (3, 16, 16)
+    gray = open_dataset(f"cifar10:{cifar_dir}", channels=1)
+    assert gray.channels == 1 and gray.images[0, 0, 0, 0] == round(10 * 0.299 + 20 * 0.587 + 30 * 0.114)
 
 
 def test_cifar10_tarball(cifar_dir: Path, tmp_path: Path) -> None:
@@ -437,3 +441,6 @@ def test_stream_over_folder(tmp_path: Path) -> None:
     ds = open_dataset(str(tmp_path / "pets"), resolution=8)
     x, y = next(BatchStream(ds, 4, seed=0))
     assert x.shape == (4, 3, 8, 8) and y.dtype == torch.int64
+    again = ds.get_batch(range(5))[0]  # now from the cache
+    uncached = FolderDataset(tmp_path / "pets", resolution=8, cache_bytes=0, threads=1)
+    assert torch.equal(again, uncached.get_batch(range(5))[0]) and not uncached._cache
