@@ -483,9 +483,12 @@ class _FileSource:
     def list(self) -> list[str]:
         if self.is_zip:
             return [i.filename for i in self._open_zip().infolist() if not i.is_dir()]
-        out = []
+        out, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            seen.add(os.path.realpath(dirpath))  # symlinked folders are followed, symlink loops are not
+            dirnames[:] = [
+                d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen
+            ]
             rel = Path(dirpath).relative_to(self.root)
             out.extend((rel / f).as_posix() for f in filenames)
         return out

@@ -266,6 +266,8 @@ def test_folder_classes_modes_and_crop(tmp_path: Path) -> None:
     assert torch.equal(x[1, :, 4, 4], blue)  # palette image
     assert torch.allclose(x[3].mean((1, 2)), red, atol=0.02, rtol=0)  # 40x20 red: resized + cropped
     assert abs(float(x[4].mean()) - (128 / 127.5 - 1)) < 0.02  # gray JPEG replicated to RGB
+    (tmp_path / "pets" / "dog" / "nested" / "loop").symlink_to(tmp_path / "pets" / "dog")
+    assert len(open_dataset(str(tmp_path / "pets"), resolution=8)) == 5  # a symlink loop is not followed forever
     native = open_dataset(str(tmp_path / "pets"))
     assert native.resolution == 24  # no resolution given: the first image's shorter side
 
