@@ -131,9 +131,11 @@ class GroupNorm(nn.Module):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Single-head attention on [n, c, tokens] tensors, softmax over keys, computed in float32."""
-    scale = 1 / math.sqrt(q.shape[1])
-    w = torch.einsum("ncq,nck->nqk", q.float(), k.float() * scale).softmax(dim=2).to(q.dtype)
+    """Single-head attention on [n, c, tokens] tensors, softmax over keys, computed in float32.
+
+    ``k`` is divided by sqrt(c) in its own dtype before the cast, as EDM does (bit-exact outputs in float32).
+    """
+    w = torch.einsum("ncq,nck->nqk", q.float(), (k / math.sqrt(k.shape[1])).float()).softmax(dim=2).to(q.dtype)
     return torch.einsum("nqk,nck->ncq", w, v)
 
 
