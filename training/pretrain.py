@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-rampup-kimg", type=float, default=100, help="linear LR warm-up length")
     g.add_argument("--ema-halflife-kimg", type=float, default=50, help="EMA half-life")
     g.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life ramp: at most this x images seen")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    g.add_argument("--grad-clip", type=float, default=0, help="max gradient norm (0 = off; EDM clips nothing)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise")
     g = p.add_argument_group("I/O")

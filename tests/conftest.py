@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random-weight models, written the way released models are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import save_model
+from training.configs import network_config
+from training.precond import D2OPrecond, EDMPrecond, OneStepGenerator
+
+TINY_CLASSES = [f"class-{i}" for i in range(10)]
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_denoiser(label_dim: int = 10, resolution: int = 16, channels: int = 1, precond=EDMPrecond, seed: int = 0):
+    torch.manual_seed(seed)
+    kw = network_config("tiny")
+    model_type = kw.pop("model_type")
+    return precond(
+        img_resolution=resolution, img_channels=channels, label_dim=label_dim, model_type=model_type, **kw
+    ).eval()
+
+
+def make_tiny_generator_dir(path: Path, label_dim: int = 10, seed: int = 0, name: str | None = None) -> Path:
+    gen = OneStepGenerator(tiny_denoiser(label_dim=label_dim, precond=D2OPrecond, seed=seed))
+    return save_model(gen, path, name=name or path.name, class_names=TINY_CLASSES[:label_dim])
+
+
+@pytest.fixture
+def tiny_generator_dir(tmp_path: Path) -> Path:
+    """A class-conditional 16x16x1 one-step generator model dir with random weights."""
+    return make_tiny_generator_dir(tmp_path / "tiny-gen")
+
+
+@pytest.fixture
+def tiny_denoiser_dir(tmp_path: Path) -> Path:
+    return save_model(tiny_denoiser(), tmp_path / "tiny-teacher", class_names=TINY_CLASSES)
