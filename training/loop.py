@@ -235,7 +235,6 @@ def run_training(
                     f"mem {record['peak_mem_mb']:.0f}MB"
                 )
             sums, count = {}, 0
-            tick_start_time, tick_start_images = time.time(), progress["images_seen"]
 
             timed = time.time() - last_snapshot_time >= options.snapshot_minutes * 60
             if world.distributed:
@@ -246,6 +245,7 @@ def run_training(
                 progress["snapshot"] += 1
                 snapshot(final=done or stop_now)
                 last_snapshot_time = time.time()
+            tick_start_time, tick_start_images = time.time(), progress["images_seen"]  # snapshots not counted
             if stop_now:
                 if stop.requested:
                     log(f"Stopped on request; continue with --resume {run_dir}")
