@@ -1,0 +1,125 @@
+"""Discriminators: frozen teacher-encoder backbone, scratch trunk, pluggable backbones from files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import tiny_denoiser
+from training.checkpoint import CheckpointError, save_model
+from training.discriminator import (
+    TeacherEncoder,
+    VGGBackbone,
+    build_discriminator,
+    count_trainable,
+    feature_distance,
+    load_backbone,
+)
+
+
+def _batch(n: int = 4):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.arange(n) % 10
+
+
+def test_teacher_disc_frozen_backbone_trainable_heads():
+    teacher = tiny_denoiser()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    d = build_discriminator("teacher", teacher=teacher, img_channels=1, img_resolution=16, label_dim=10)
+    d.train()
+    assert not d.backbone.training and not teacher.training  # frozen backbone stays in eval mode
+    assert len(d.backbone.channels) == 2 * len(d.backbone.taps)  # one tap per resolution, per sigma
+    x, y = _batch()
+    x.requires_grad_(True)
+    out = d(x, y)
+    assert out.shape == (4, len(d.heads))
+    opt = torch.optim.Adam(d.trainable_parameters(), lr=1e-2)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G and R1 gradients pass through the frozen encoder
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert count_trainable(d) == sum(p.numel() for p in d.heads.parameters())
+    state = d.trainable_state_dict()
+    assert not any(k.startswith("backbone.") for k in state)
+    assert any(k.endswith("._u") for k in state)  # spectral-norm power-iteration vectors are part of the state
+
+
+def test_class_projection_and_state_round_trip():
+    d = build_discriminator("scratch", teacher=None, img_channels=1, img_resolution=16, label_dim=10).eval()
+    x, y = _batch()
+    assert d(x, y).shape == (4, 1)
+    assert not torch.allclose(d(x, y), d(x, (y + 1) % 10))  # labels enter by projection
+    assert count_trainable(d) == sum(p.numel() for p in d.parameters())
+    d2 = build_discriminator("scratch", teacher=None, img_channels=1, img_resolution=16, label_dim=10).eval()
+    d2.load_trainable_state_dict(d.trainable_state_dict())
+    assert torch.equal(d(x, y), d2(x, y))
+    with pytest.raises(ValueError, match="labels are required"):
+        d(x, None)
+
+
+def test_unconditional_disc():
+    teacher = tiny_denoiser(label_dim=0)
+    d = build_discriminator("teacher", teacher=teacher, img_channels=1, img_resolution=16, label_dim=0, sigmas=[0.5])
+    x, _ = _batch()
+    assert d(x, None).shape == (4, len(d.backbone.taps))
+
+
+def test_pluggable_vgg_backbone(tmp_path: Path):
+    layers = [8, "M", 16, 16, "M", 32]
+    ref = VGGBackbone(layers, batch_norm=True, in_channels=3)
+    weights = {k: v for k, v in ref.state_dict().items()}
+    weights["classifier.0.weight"] = torch.zeros(2, 2)  # torchvision files carry a classifier: ignored
+    save_file(weights, str(tmp_path / "vgg.safetensors"))
+    (tmp_path / "vgg.json").write_text(json.dumps({"type": "vgg", "layers": layers, "batch_norm": True}))
+    backbone = load_backbone(tmp_path / "vgg.safetensors", tmp_path / "vgg.json")
+    x, y = _batch()
+    feats = backbone(x, None)  # gray input repeated to RGB
+    assert [f.shape[1] for f in feats] == [8, 16, 32] and [f.shape[-1] for f in feats] == [16, 8, 4]
+    for a, b in zip(feats, ref.eval()(x, None), strict=True):
+        assert torch.equal(a, b)
+    d = build_discriminator(
+        "backbone",
+        teacher=None,
+        img_channels=1,
+        img_resolution=16,
+        label_dim=10,
+        backbone_weights=tmp_path / "vgg.safetensors",
+        backbone_config=tmp_path / "vgg.json",
+    )
+    assert d(x, y).shape == (4, 3)
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "vgg", "layers": [8, "M", 64]}))
+    with pytest.raises(CheckpointError, match="vgg.safetensors"):
+        load_backbone(tmp_path / "vgg.safetensors", tmp_path / "bad.json")
+    (tmp_path / "odd.json").write_text(json.dumps({"type": "resnet"}))
+    with pytest.raises(CheckpointError, match="'type' must be"):
+        load_backbone(tmp_path / "vgg.safetensors", tmp_path / "odd.json")
+
+
+def test_pluggable_edm_encoder_from_model_dir(tmp_path: Path):
+    net = tiny_denoiser(seed=3)
+    model_dir = save_model(net, tmp_path / "m")
+    backbone = load_backbone(model_dir / "denoiser.safetensors", model_dir / "config.json")
+    direct = TeacherEncoder(net)
+    x, y = _batch()
+    for a, b in zip(backbone(x, y), direct(x, y), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_feature_distance():
+    enc = TeacherEncoder(tiny_denoiser())
+    x, y = _batch()
+    assert torch.equal(feature_distance(enc, x, x, y), torch.zeros(4))
+    assert (feature_distance(enc, x, x.flip(-1), y) > 0).all()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these nets are tiny, and two spinning OpenMP threads on a busy CI box cost far more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

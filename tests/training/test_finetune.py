@@ -1,0 +1,198 @@
+"""D2O fine-tune: G moves, frozen tensors do not, R1 on its interval and scaled, exact resume, distill, DDP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_model, load_state, read_config
+from training.distributed import World, init_distributed, shutdown_distributed
+from training.finetune import build_task, main, parse_args, run_config_from_args
+from training.freeze import frozen_names
+from training.make_pairs import make_pairs
+
+BATCH = 4
+
+
+def make_cfg(teacher_dir: Path, outdir: Path, *extra: str) -> dict:
+    _, args = parse_args(
+        [
+            "--teacher", str(teacher_dir),
+            "--data", "synthetic:32",
+            "--batch", str(BATCH),
+            "--grid-size", "4",
+            "--disc-width", "16",
+            "--outdir", str(outdir),
+            *extra,
+        ]
+    )  # fmt: skip
+    return run_config_from_args(args)
+
+
+def run_steps(task, stream, steps: range) -> list[dict[str, float]]:
+    out = []
+    for step in steps:
+        images, labels = next(stream)
+        out.append(task.train_step(images, labels, step, step * BATCH))
+    return out
+
+
+@pytest.mark.parametrize("disc, freeze", [("teacher", "d2o-f"), ("scratch", "none")])
+def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path: Path, disc: str, freeze: str):
+    task, stream = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--disc", disc, "--freeze", freeze), World())
+    teacher = load_model(tiny_denoiser_dir).state_dict()
+    stats = run_steps(task, stream, range(3))
+    assert {"loss_d", "loss_g", "loss_r1", "r1_penalty", "d_real", "d_fake"} <= set(stats[-1])
+    g, ema = task.net.state_dict(), task.ema.net.state_dict()
+    frozen = set(frozen_names(task.net, freeze)) if freeze != "none" else set(frozen_names(task.net, "d2o-f"))
+    changed = {k for k in teacher if not torch.equal(teacher[k], g[k])}
+    assert changed, "G did not move"
+    if freeze == "d2o-f":
+        assert task.freeze.fraction > 0.5
+        assert not changed & frozen  # frozen tensors bit-identical, in G and in its EMA
+        assert all(torch.equal(teacher[k], ema[k]) for k in frozen)
+        assert changed <= {n for n, p in task.net.named_parameters() if p.requires_grad}
+    else:
+        assert task.freeze.frozen_params == 0 and changed & frozen  # the block convs train too
+
+
+def test_r1_only_on_interval_and_scaled(tiny_denoiser_dir: Path, tmp_path: Path):
+    gamma, interval = 0.5, 3
+    cfg = make_cfg(tiny_denoiser_dir, tmp_path, "--r1-gamma", str(gamma), "--r1-interval", str(interval))
+    task, stream = build_task(cfg, World())
+    stats = run_steps(task, stream, range(interval))
+    assert stats[0]["loss_r1"] > 0 and stats[1]["loss_r1"] == 0 and stats[2]["loss_r1"] == 0
+    # Step 3 is due: recompute ||grad_x D(x)||^2 on the same reals with a copy of D taken just before the step.
+    images, labels = next(stream)
+    spy = copy.deepcopy(task.disc).train()
+    real = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(spy(real, labels).sum(), real)
+    expected = grad.square().sum(dim=(1, 2, 3)).mean().item()
+    s = task.train_step(images, labels, interval, interval * BATCH)
+    assert s["r1_penalty"] == pytest.approx(expected, rel=1e-5)
+    assert s["loss_r1"] == pytest.approx(gamma / 2 * expected * interval, rel=1e-5)
+    assert run_steps(task, stream, range(interval + 1, interval + 2))[0]["r1_penalty"] == s["r1_penalty"]
+
+
+def _state_tensors(obj, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_state_tensors(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return _state_tensors(dict(enumerate(obj)), prefix)
+    return {prefix: obj}
+
+
+def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp_path: Path):
+    common = [
+        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
+        "--disc-width", "16", "--dropout", "0.1", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
+        "--duration", str(6 * BATCH / 1000), "--threads", "1",
+    ]  # fmt: skip
+    full = main([*common, "--outdir", str(tmp_path / "a")])
+    half = main([*common, "--outdir", str(tmp_path / "b"), "--max-steps", "3"])
+    assert half["step"] == 3
+    resumed = main(["--resume", half["run_dir"]])
+    assert full["step"] == resumed["step"] == 6
+    a = _state_tensors(load_state(Path(full["run_dir"]) / "training-state.pt"))
+    b = _state_tensors(load_state(Path(resumed["run_dir"]) / "training-state.pt"))
+    assert a.keys() == b.keys()
+    assert any("._u" in k for k in a)  # spectral-norm vectors are saved
+    for k in a:
+        if k in ("progress.tick.", "progress.snapshot."):  # the stop at --max-steps adds a tick and a snapshot
+            continue
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+    run = Path(full["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    assert 0.5 < config["freeze_report"]["frozen_fraction"] < 1
+    assert "parameters frozen" in (run / "log.txt").read_text()
+    snap = sorted(run.glob("network-snapshot-*"))[-1]
+    gen = load_model(snap)
+    meta = read_config(snap)["training"]
+    assert meta["stage"] == "finetune" and meta["images_seen"] == 6 * BATCH and meta["freeze"] == "d2o-f"
+    assert meta["objective"] == "gan" and meta["disc"] == "teacher" and meta["teacher"]["fingerprint"]
+    assert gen(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1])).shape == (2, 1, 16, 16)
+
+
+def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
+    pairs = tmp_path / "pairs"
+    make_pairs(tiny_denoiser_dir, 6, pairs, nfe=1, chunk=4, log=lambda msg: None)
+    teacher = load_model(tiny_denoiser_dir).state_dict()
+    for objective, loss in [("distill", "l2"), ("gan+distill", "feature")]:
+        cfg = make_cfg(
+            tiny_denoiser_dir, tmp_path, "--objective", objective, "--pairs", str(pairs), "--distill-loss", loss
+        )
+        task, stream = build_task(cfg, World())
+        assert (task.disc is None) == (objective == "distill")
+        first_epoch = torch.cat([task._pair_indices(0, BATCH), task._pair_indices(1, BATCH)])[:6]
+        assert sorted(first_epoch.tolist()) == list(range(6))  # each pair once per epoch
+        stats = run_steps(task, stream, range(2))
+        assert stats[-1]["loss_distill"] > 0 and ("loss_d" in stats[-1]) == (objective != "distill")
+        assert any(not torch.equal(teacher[k], v) for k, v in task.net.state_dict().items())
+    with pytest.raises(SystemExit):
+        parse_args(["--teacher", str(tiny_denoiser_dir), "--objective", "distill"])  # no --pairs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, teacher_dir: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    world = init_distributed("cpu")
+    try:
+        task, stream = build_task(make_cfg(Path(teacher_dir), Path(out), "--r1-interval", "2"), world)
+        stats = run_steps(task, stream, range(3))
+        torch.save(
+            dict(g=task.net.state_dict(), d=task.disc.trainable_state_dict(), stats=stats), Path(out) / f"{rank}.pt"
+        )
+    finally:
+        shutdown_distributed()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_stay_equal(tiny_denoiser_dir: Path, tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, port, str(tiny_denoiser_dir), str(tmp_path))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    for part in ("g", "d"):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), (part, k)
+    # Each rank takes its half of the global batch and of the global noise: their mean is the single-process step.
+    task, stream = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--r1-interval", "2"), World())
+    single = run_steps(task, stream, range(1))[0]
+    for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+        assert (r0["stats"][0][key] + r1["stats"][0][key]) / 2 == pytest.approx(single[key], rel=1e-5, abs=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these nets are tiny, and two spinning OpenMP threads on a busy CI box cost far more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
