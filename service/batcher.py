@@ -59,6 +59,7 @@ class Job:
         "started",
         "inference_s",
         "batch_size",
+        "eager",
     )
 
     def __init__(self, seeds: list[int], labels: list[int] | None, deadline: float, future: asyncio.Future):
@@ -99,9 +100,9 @@ class Batcher:
         self.backend = backend
         self.executor = executor
         self.metrics = metrics
-        pref = backend.preferred_batch_sizes
-        # With preferred sizes, never form a batch larger than the largest one.
-        self.max_batch_size = min(max_batch_size, max(pref)) if pref else max_batch_size
+        # Never form a batch larger than the backend runs or than its largest preferred size.
+        limits = [max_batch_size, backend.max_supported_batch, max(backend.preferred_batch_sizes or [max_batch_size])]
+        self.max_batch_size = min(x for x in limits if x is not None)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_images = max_queue_images
         self.idle_dispatch = idle_dispatch

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         description="Accepted bearer tokens (comma-separated or a JSON list). Empty: authentication is off.",
     )
     auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["/healthz", "/metrics"],
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
         description="Paths reachable without an API key when keys are set (comma-separated or a JSON list).",
     )
     torch_threads: int | None = Field(

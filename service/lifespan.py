@@ -89,6 +89,7 @@ class ServiceState:
         self.infer_pool: ThreadPoolExecutor | None = None
         self.encode_pool: ThreadPoolExecutor | None = None
         self._loader: asyncio.Task | None = None
+        self.draining = False
 
     # ------------------------------------------------------------ loading
 
@@ -136,6 +137,7 @@ class ServiceState:
 
     async def shutdown(self) -> None:
         """Drain: queued work runs (no more batch delay), then the pools stop."""
+        self.draining = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +155,8 @@ class ServiceState:
     # ------------------------------------------------------------ queries
 
     def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
         if not self.models:
             return False, f"no generator model dirs under {self.settings.models_dir}"
         for entry in self.models.values():

@@ -25,6 +25,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: Batch sizes the backend runs fastest at (TensorRT profiles, CUDA graphs); None: any size, no padding.
     preferred_batch_sizes: tuple[int, ...] | None = None
+    #: Largest batch the runtime accepts (a TensorRT profile's top); None: no limit.
+    max_supported_batch: int | None = None
 
     def __init__(self, model_dir: Path, config: dict[str, Any], settings: Settings):
         self.model_dir = Path(model_dir)

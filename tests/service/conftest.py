@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -32,9 +33,13 @@ def make_generator(resolution: int, channels: int, label_dim: int, seed: int = 0
     model_type = kw.pop("model_type")
     if resolution < 16:
         kw["attn_resolutions"] = []
-    net = D2OPrecond(
-        img_resolution=resolution, img_channels=channels, label_dim=label_dim, model_type=model_type, **kw
-    )
+    net = D2OPrecond(img_resolution=resolution, img_channels=channels, label_dim=label_dim, model_type=model_type, **kw)
+    # EDM zero-initialises output layers, so a fresh net draws flat grey images that would make every
+    # determinism check pass trivially. Random weights everywhere give images that depend on noise and class.
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 1.5 / math.sqrt(p[0].numel()))
     return OneStepGenerator(net).eval()
 
 
@@ -97,11 +102,8 @@ def serve(models_dir: Path) -> Iterator[Callable[..., LiveServer]]:
     started: list[LiveServer] = []
 
     def _serve(wait_ready: bool = True, **overrides: object) -> LiveServer:
-        values: dict[str, object] = dict(
-            models_dir=models_dir, default_model=COND, max_batch_size=8, max_wait_ms=2, warmup=False
-        )
-        values.update(overrides)
-        server = LiveServer(Settings(**values)).start(wait_ready=wait_ready)
+        settings = default_settings(overrides.pop("models_dir", models_dir), **overrides)
+        server = LiveServer(settings).start(wait_ready=wait_ready)
         started.append(server)
         return server
 
@@ -110,9 +112,20 @@ def serve(models_dir: Path) -> Iterator[Callable[..., LiveServer]]:
         server.stop()
 
 
-@pytest.fixture
-def server(serve: Callable[..., LiveServer]) -> LiveServer:
-    return serve()
+def default_settings(models_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        models_dir=models_dir, default_model=COND, max_batch_size=8, max_wait_ms=2, warmup=False, torch_threads=1
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[LiveServer]:
+    """One server with default test settings, shared by a test module."""
+    live = LiveServer(default_settings(models_dir)).start()
+    yield live
+    live.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Decode service responses into arrays for comparisons."""
+"""Test helpers: decode service responses into arrays, read values from /metrics text."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ def decode_json_images(payload: dict) -> list[np.ndarray]:
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def metric_value(text: str, series: str) -> float:
+    """The value of one series (name{labels} exactly as exposed) in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in /metrics")

@@ -1,0 +1,101 @@
+"""Backends: per-seed noise, padding to preferred sizes, ONNX Runtime parity with torch, TensorRT on a GPU."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from service.backends import BackendError, create_backend
+from service.config import Settings
+from tests.service.conftest import COND, UNCOND, LiveServer
+from tests.service.helpers import decode_json_images, max_diff
+from training.checkpoint import read_config
+
+
+def build(name: str, model_dir: Path, **settings: object):
+    return create_backend(name, model_dir, read_config(model_dir), Settings(torch_threads=1, **settings))
+
+
+def test_torch_images_do_not_depend_on_the_batch(models_dir: Path) -> None:
+    backend = build("torch", models_dir / COND)
+    batch = backend.generate([5, 6, 7, 8], [1, 2, 3, 4])
+    assert batch.shape == (4, 16, 16, 1) and batch.dtype == np.uint8
+    assert batch.std() > 10  # real images, not flat grey
+    alone = backend.generate([7], [3])
+    assert max_diff(batch[2], alone[0]) <= 1
+    rgb = build("torch", models_dir / UNCOND).generate([1, 2], None)
+    assert rgb.shape == (2, 8, 8, 3)
+
+
+def test_padding_to_preferred_sizes_keeps_pixels(models_dir: Path) -> None:
+    backend = build("torch", models_dir / COND)
+    plain = backend.generate([1, 2, 3], [0, 1, 2])
+    backend.preferred_batch_sizes = (4, 8)
+    assert [backend.padded_size(n) for n in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 9]
+    padded = backend.generate([1, 2, 3], [0, 1, 2])
+    assert padded.shape == plain.shape and max_diff(padded, plain) <= 1
+    assert backend.warmup_sizes(8) == [4, 8]
+
+
+def test_unknown_backend_and_missing_tensorrt(models_dir: Path) -> None:
+    with pytest.raises(BackendError, match="unknown backend"):
+        build("tflite", models_dir / COND)
+    with pytest.raises(BackendError, match="GPU|not found|tensorrt"):
+        build("tensorrt", models_dir / COND)
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    """A models dir whose model gets its model.onnx exported by the backend on first use."""
+    pytest.importorskip("onnxruntime")
+    root = tmp_path_factory.mktemp("onnx-models")
+    shutil.copytree(models_dir / COND, root / COND)
+    return root
+
+
+@pytest.mark.slow
+def test_onnxruntime_matches_torch(onnx_models: Path) -> None:
+    model_dir = onnx_models / COND
+    ort_backend = build("onnxruntime", model_dir, ort_intra_op_threads=1)
+    assert (model_dir / "model.onnx").is_file()  # exported on first use
+    seeds, labels = list(range(20, 29)), [i % 10 for i in range(9)]
+    a = ort_backend.generate(seeds, labels)
+    b = build("torch", model_dir).generate(seeds, labels)
+    assert a.shape == b.shape == (9, 16, 16, 1) and a.dtype == np.uint8
+    assert max_diff(a, b) <= 1
+
+
+def test_onnxruntime_backend_serves(onnx_models: Path, serve: Callable[..., LiveServer]) -> None:
+    live = serve(models_dir=onnx_models, model_backends={COND: "onnxruntime"}, ort_intra_op_threads=1)
+    torch_live = serve(models_dir=onnx_models)
+    payload = {"num_images": 3, "seed": 4, "class_labels": [1, 5, 9]}
+    with httpx.Client(timeout=30) as c:
+        info = c.get(f"{live.url}/v1/models").json()["data"][0]
+        assert info["backend"] == "onnxruntime"
+        a = c.post(f"{live.url}/generate", json=payload).json()
+        b = c.post(f"{torch_live.url}/generate", json=payload).json()
+        metrics = c.get(f"{live.url}/metrics").text
+    for x, y in zip(decode_json_images(a), decode_json_images(b), strict=True):
+        assert max_diff(x, y) <= 1
+    assert f'onestep_batch_inference_seconds_count{{backend="onnxruntime",model="{COND}"}}' in metrics
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
+def test_tensorrt_matches_torch(tmp_path: Path, models_dir: Path) -> None:
+    pytest.importorskip("tensorrt")
+    from exporters.tensorrt import export_tensorrt
+
+    model_dir = shutil.copytree(models_dir / COND, tmp_path / COND)
+    export_tensorrt(model_dir)
+    trt_backend = build("tensorrt", model_dir)
+    seeds, labels = list(range(5)), [0, 1, 2, 3, 4]
+    a = trt_backend.generate(seeds, labels)
+    b = build("torch", model_dir, device="cpu").generate(seeds, labels)
+    assert max_diff(a, b) <= 2
