@@ -346,7 +346,8 @@ class SpawnedServer:
     url: str
     env: dict[str, str]
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGINT (graceful drain), then SIGKILL after ``timeout`` seconds."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -354,6 +355,14 @@ class SpawnedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the bench process dies (Linux), so no server is orphaned."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def spawn_server(
@@ -385,20 +394,28 @@ def spawn_server(
     env.update(extra_env or {})
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"], env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True
+        [sys.executable, "-m", "service"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     server = SpawnedServer(proc, f"http://127.0.0.1:{port}", env)
     deadline = time.monotonic() + ready_timeout
-    with httpx.Client(base_url=server.url, timeout=5.0) as c:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(f"server exited with code {proc.returncode} before it was ready (env {env})")
-            with contextlib.suppress(httpx.HTTPError):
-                if c.get("/readyz").status_code == 200:
-                    return server
-            time.sleep(0.2)
-    server.stop()
-    raise BenchError(f"server not ready after {ready_timeout:.0f} s (env {env})")
+    try:
+        with httpx.Client(base_url=server.url, timeout=5.0) as c:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise BenchError(f"server exited with code {proc.returncode} before it was ready (env {env})")
+                with contextlib.suppress(httpx.HTTPError):
+                    if c.get("/readyz").status_code == 200:
+                        return server
+                time.sleep(0.2)
+        raise BenchError(f"server not ready after {ready_timeout:.0f} s (env {env})")
+    except BaseException:
+        server.stop(timeout=5.0)
+        raise
 
 
 # ---------------------------------------------------------------- raw backend
@@ -495,7 +512,11 @@ def measure_raw(
             zin = torch.from_numpy(z) if backend_name == "torch" else z
             times: list[float] = []
             c0, t_start = time.process_time(), time.perf_counter()
-            while len(times) < 5 or (time.perf_counter() - t_start < seconds_per_size and len(times) < 10_000):
+            # At least 3 runs and ``seconds_per_size``; a hard stop at 10x that when the machine is very slow.
+            while len(times) < 10_000:
+                elapsed = time.perf_counter() - t_start
+                if (len(times) >= 3 and elapsed >= seconds_per_size) or (times and elapsed >= 10 * seconds_per_size):
+                    break
                 t0 = time.perf_counter()
                 backend.run(zin, labels)
                 times.append(time.perf_counter() - t0)
@@ -887,6 +908,10 @@ def big_request_level(args: argparse.Namespace) -> tuple[int, int]:
     return (max(1, 2 * args.max_batch_size // 16), 16)
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -988,4 +1013,5 @@ def _spawned(args: argparse.Namespace, max_batch_size: int, queue: int) -> Itera
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm)  # so that `timeout`/kill still stops the servers we spawned
     raise SystemExit(main())
