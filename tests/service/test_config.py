@@ -1,0 +1,50 @@
+"""Settings come from ONESTEP_* environment variables; lists accept JSON or commas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert s.models_dir == Path("models") and s.default_model == "fmnist-d2o" and s.backend == "torch"
+    assert (s.max_batch_size, s.max_wait_ms, s.max_queue_images, s.max_images_per_request) == (32, 5.0, 256, 64)
+    assert s.max_body_bytes == 64 * 1024 and s.api_keys == []
+    assert s.auth_exempt_paths == ["/healthz", "/readyz", "/metrics"]
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"setting {name} needs a description (the README table is built from them)"
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONESTEP_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("ONESTEP_BACKEND", "onnxruntime")
+    monkeypatch.setenv("ONESTEP_MODEL_BACKENDS", '{"a": "torch"}')
+    monkeypatch.setenv("ONESTEP_API_KEYS", "k1, k2")
+    monkeypatch.setenv("ONESTEP_AUTH_EXEMPT_PATHS", '["/healthz"]')
+    monkeypatch.setenv("ONESTEP_WARMUP", "false")
+    s = Settings()
+    assert s.max_batch_size == 8 and s.api_keys == ["k1", "k2"] and s.auth_exempt_paths == ["/healthz"]
+    assert s.backend_for("a") == "torch" and s.backend_for("b") == "onnxruntime" and s.warmup is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ONESTEP_BACKEND", "tflite"),
+        ("ONESTEP_MAX_BATCH_SIZE", "0"),
+        ("ONESTEP_API_KEYS", "a,,b,"),
+        ("ONESTEP_PORT", "x"),
+    ],
+)
+def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    if value == "a,,b,":  # empty items are dropped, not turned into empty keys
+        assert Settings().api_keys == ["a", "b"]
+        return
+    with pytest.raises(ValidationError, match=name.removeprefix("ONESTEP_").lower()):
+        Settings()
