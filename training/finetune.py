@@ -181,13 +181,13 @@ class FinetuneTask:
             z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)]
             fake = self.g(z.to(device), y)
 
-            # D step on reals and (detached) fakes, with lazy R1 on its interval.
+            # D step on reals and (detached) fakes in one forward, with lazy R1 on its interval.
             self._set_d_grad(True)
             self.d_opt.zero_grad(set_to_none=True)
             r1_step = self.r1_due(step)
             real = images.detach().requires_grad_(r1_step)
-            logits_real = self.disc(real, y)
-            logits_fake = self.disc(fake.detach(), y)
+            both = self.disc(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None)
+            logits_real, logits_fake = both[:per_rank], both[per_rank:]
             loss_d = F.softplus(-logits_real).mean(0).sum() + F.softplus(logits_fake).mean(0).sum()
             loss_r1 = torch.zeros((), device=device)
             if r1_step:
