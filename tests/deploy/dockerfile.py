@@ -6,6 +6,7 @@ directives, shell and exec forms, `--flag=value` options), so that the tests fol
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -136,3 +137,27 @@ def env_pairs(args: str, env: dict[str, str]) -> list[tuple[str, str]]:
     if words and "=" not in words[0]:  # legacy `ENV KEY value with spaces`
         return [(words[0], expand(" ".join(words[1:]), env))]
     return [(key, expand(value, env)) for key, _, value in (word.partition("=") for word in words)]
+
+
+class DockerIgnore:
+    """The patterns of a .dockerignore file (last match wins, `!` re-includes, `**/` matches at any depth)."""
+
+    def __init__(self, path: Path):
+        lines = path.read_text().splitlines() if path.is_file() else []
+        self.patterns = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+
+    def ignored(self, rel: str) -> bool:
+        result = False
+        for pattern in self.patterns:
+            negate = pattern.startswith("!")
+            pattern = pattern.lstrip("!").rstrip("/")
+            if pattern.startswith("**/"):
+                tail = pattern[3:]
+                hit = any(fnmatch.fnmatch("/".join(rel.split("/")[i:]), tail) for i in range(rel.count("/") + 1))
+                hit = hit or any(fnmatch.fnmatch(part, tail) for part in rel.split("/")[:-1])
+            else:
+                hit = fnmatch.fnmatch(rel, pattern) or any(
+                    fnmatch.fnmatch("/".join(rel.split("/")[: i + 1]), pattern) for i in range(rel.count("/")))
+            if hit:
+                result = not negate
+        return result

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import tomllib
 
 import pytest
 
 from tests.deploy.conftest import REPO
-from tests.deploy.dockerfile import env_pairs, expand, parse
+from tests.deploy.dockerfile import DockerIgnore, env_pairs, expand, parse
 from tests.deploy.settings_env import check_settings
 
 DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
@@ -23,24 +22,8 @@ def runtime_env(name: str) -> dict[str, str]:
     return env
 
 
-def dockerignore() -> list[str]:
-    lines = (REPO / ".dockerignore").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
 def ignored(path: str) -> bool:
-    result = False
-    for pattern in dockerignore():
-        negate = pattern.startswith("!")
-        pattern = pattern.lstrip("!").rstrip("/")
-        if pattern.startswith("**/"):
-            hit = fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern[3:]) or any(
-                fnmatch.fnmatch(part, pattern[3:]) for part in path.split("/"))
-        else:
-            hit = fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/")
-        if hit:
-            result = not negate
-    return result
+    return DockerIgnore(REPO / ".dockerignore").ignored(path)
 
 
 def test_parser_reads_continuations_flags_and_forms(tmp_path):
@@ -109,7 +92,8 @@ def test_build_context_sources_exist_and_are_not_ignored(name):
 
 def test_dockerignore_keeps_the_context_small():
     for path in (".git/config", ".venv/bin/python", "runs/00001-x/log.txt", "tests/deploy/test_k8s.py",
-                 "service/__pycache__/main.cpython-311.pyc", "models/fmnist-d2o/model.plan"):
+                 "service/__pycache__/main.cpython-311.pyc", "service/x.pyc", "models/fmnist-d2o/model.plan",
+                 "models/a/b/model.engine"):
         assert ignored(path), path
     for path in ("pyproject.toml", "service/main.py", "models/fmnist-d2o/generator.safetensors"):
         assert not ignored(path), path

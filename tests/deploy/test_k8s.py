@@ -3,6 +3,7 @@ render with kustomize, and the wiring between them (probes, selectors, GPU reque
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -156,6 +157,9 @@ def test_gpu_overlay_requests_a_gpu_and_builds_the_engine_on_it(monkeypatch):
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     settings = check_settings(by_kind(resources, "ConfigMap")["data"], monkeypatch, "gpu ConfigMap")
     assert settings.backend == "tensorrt"
+    # The engine's batch profile covers every batch the batcher may form.
+    profile = re.search(r"--profile (\d+):(\d+):(\d+)", " ".join(init["command"]))
+    assert profile and int(profile.group(1)) == 1 and int(profile.group(3)) >= settings.max_batch_size
     models = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
     assert models[str(settings.models_dir)] == "models"
     assert {m["mountPath"]: m["name"] for m in init["volumeMounts"]}[str(settings.models_dir)] == "models"
