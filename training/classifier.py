@@ -191,6 +191,7 @@ class TrainOptions:
     flip: bool = True  # random horizontal flips (fine for clothing and natural images, not for digits)
     seed: int = 0
     max_steps: int | None = None  # stop early (tests)
+    log_every: int = 100  # progress line every this many steps
     arch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -258,6 +259,9 @@ def train_classifier(
             step += 1
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
+            if options.log_every and step % options.log_every == 0:
+                rate = step * options.batch_size / (time.time() - start_time)
+                log(f"  step {step}/{total_steps}: loss {loss_sum / seen:.4f}, {rate:.0f} images/s")
         elapsed = time.time() - start_time
         msg = f"epoch {epoch + 1}/{options.epochs}: loss {loss_sum / max(seen, 1):.4f}, {elapsed:.0f} s"
         if test is not None:
@@ -272,7 +276,7 @@ def train_classifier(
         "images_seen": min(step * options.batch_size, options.epochs * len(train)),
         "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "options": {k: v for k, v in asdict(options).items() if k != "max_steps"},
+        "options": {k: v for k, v in asdict(options).items() if k not in ("max_steps", "log_every")},
     }
     if test is not None:
         summary["test_accuracy"] = round(accuracy(model, test), 4)

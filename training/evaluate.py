@@ -177,6 +177,7 @@ class Evaluator:
         classifier: Classifier,
         reference: torch.Tensor,
         options: EvalOptions,
+        reference_grid: torch.Tensor | None = None,
         inception: FeatureFn | None = None,
         log: Log = print,
     ):
@@ -186,7 +187,7 @@ class Evaluator:
         self.log = log
         self.real_spectrum = SpectrumAccumulator()
         self.real_features, _, self.real_inception = self._features(iter(self._chunks(reference)), self.real_spectrum)
-        self.real_grid = reference[: options.grid]
+        self.real_grid = reference[: options.grid] if reference_grid is None else reference_grid[: options.grid]
 
     def _chunks(self, images: torch.Tensor):
         for start in range(0, len(images), self.options.batch):
@@ -294,9 +295,22 @@ def load_reference(
 
     test = open_dataset(data, split="test", resolution=resolution, path=data_path, channels=channels)
     n = len(test) if options.num_real is None else min(options.num_real, len(test))
-    images, _ = test.get_batch(list(range(n)))
+    images, labels = test.get_batch(list(range(n)))
     log(f"Reference: {n} test images of {data} at {resolution}x{resolution}")
-    return images
+    return images, labels
+
+
+def class_ordered(labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
+    """Indices whose labels run 0, 1, .., num_classes-1, 0, 1, .. (as the balanced samples do), where possible."""
+    if num_classes <= 0:
+        return torch.arange(min(count, len(labels)))
+    pools = [torch.nonzero(labels == c).flatten().tolist() for c in range(num_classes)]
+    picked: list[int] = []
+    for i in range(count):
+        pool = pools[i % num_classes]
+        if pool:
+            picked.append(pool.pop(0))
+    return torch.tensor(picked, dtype=torch.long)
 
 
 def real_train_set(
@@ -346,8 +360,10 @@ def run_evaluation(
     clf_config = read_classifier_config(classifier_dir)
     metric_name = clf_config.get("metric_name", "FD")
 
-    reference = load_reference(data, data_path, resolution, channels, options, log)
-    evaluator = Evaluator(classifier, reference, options, inception, log)
+    reference, reference_labels = load_reference(data, data_path, resolution, channels, options, log)
+    label_dim = sources[0].config.get("label_dim", 0)
+    grid_idx = class_ordered(reference_labels, options.grid, label_dim)
+    evaluator = Evaluator(classifier, reference, options, reference[grid_idx], inception, log)
     n = options.num_samples
     seeds = [options.seed + i for i in range(n)]
 
@@ -447,6 +463,8 @@ def summarize(results: Sequence[SetResult]) -> dict[str, Any]:
     if teachers:
         best = min(teachers, key=lambda r: r.metrics.fd)
         out["teacher_best"] = {"label": best.label, "nfe": best.nfe, "fd": best.metrics.fd}
+        if best.images_seen:
+            out["teacher_best"]["images_seen"] = best.images_seen
         accs = [r.metrics.class_accuracy for r in teachers if r.metrics.class_accuracy is not None]
         if accs:
             out["teacher_best_class_accuracy"] = max(accs)
@@ -456,6 +474,10 @@ def summarize(results: Sequence[SetResult]) -> dict[str, Any]:
         if teachers:
             entry["fd_minus_teacher_best"] = r.metrics.fd - out["teacher_best"]["fd"]
             entry["beats_teacher_best"] = r.metrics.fd <= out["teacher_best"]["fd"]
+            teacher_images = out["teacher_best"].get("images_seen")
+            if teacher_images and r.images_seen:
+                entry["images_seen"] = r.images_seen
+                entry["fraction_of_teacher_images"] = r.images_seen / teacher_images
         out["one_step"][r.label] = entry
     return out
 
@@ -516,6 +538,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _sig(value: float | None) -> str:
+    """Four significant digits: FD and KID span orders of magnitude across feature spaces."""
+    return "–" if value is None else f"{value:.4g}"
+
+
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
     opts = m["options"]
@@ -537,29 +564,40 @@ def render_report(m: dict[str, Any]) -> str:
     for r in m["results"]:
         seen = f"{r['images_seen'] / 1e6:.3f}M" if r.get("images_seen") else "–"
         row = (
-            f"| {r['label']} | {sampler[r['kind']]} | {_fmt(r['nfe'])} | {seen} | {_fmt(r['fd'])} "
-            f"| {_fmt(r['kid'] * 1e3)} | {_fmt(r['precision'])} | {_fmt(r['recall'])} "
+            f"| {r['label']} | {sampler[r['kind']]} | {_fmt(r['nfe'])} | {seen} | {_sig(r['fd'])} "
+            f"| {_sig(r['kid'] * 1e3)} | {_fmt(r['precision'])} | {_fmt(r['recall'])} "
             f"| {_fmt(r['class_accuracy'], 4)} "
         )
         if m.get("inception"):
-            row += f"| {_fmt(r.get('fid'))} "
+            row += f"| {_sig(r.get('fid'))} "
         row += f"| {_fmt(r['images_per_s'], 1) if r['kind'] != 'real' else '–'} |"
         lines.append(row)
+    lines += [
+        "",
+        "Training images: pre-training images for teachers, fine-tune images for one-step generators. "
+        "KID is unbiased (can be slightly negative). Class accuracy: share of samples the classifier assigns "
+        "to the class they were generated for (for real images: its accuracy on them).",
+    ]
     s = m["summary"]
     lines += ["", "## Summary", ""]
     if "real_fd_floor" in s:
         lines.append(
             f"- Real-vs-real floor ({opts['num_samples']} train images against the test set): "
-            f"{name} {s['real_fd_floor']:.3f}."
+            f"{name} {_sig(s['real_fd_floor'])}."
         )
     if "teacher_best" in s:
         tb = s["teacher_best"]
-        lines.append(f"- Best teacher: {tb['label']} at NFE {tb['nfe']}, {name} {tb['fd']:.3f}.")
+        lines.append(f"- Best teacher: {tb['label']} at NFE {tb['nfe']}, {name} {_sig(tb['fd'])}.")
     for label, e in s.get("one_step", {}).items():
-        text = f"- One-step {label}: {name} {e['fd']:.3f}"
+        text = f"- One-step {label}: {name} {_sig(e['fd'])}"
         if "fd_minus_teacher_best" in e:
             verdict = "matches or beats" if e["beats_teacher_best"] else "is worse than"
-            text += f" ({e['fd_minus_teacher_best']:+.3f}; {verdict} the teacher's best)"
+            text += f" ({e['fd_minus_teacher_best']:+.4g}; {verdict} the teacher's best)"
+        if "fraction_of_teacher_images" in e:
+            text += (
+                f", after {e['images_seen'] / 1e6:.3f}M fine-tune images "
+                f"({100 * e['fraction_of_teacher_images']:.1f}% of the teacher's pre-training images)"
+            )
         lines.append(text + ".")
     lines += ["", "## Plots", "", f"![{name} against NFE](fd_vs_nfe.png)", "", "![samples](samples.png)", ""]
     lines += ["![radially averaged power spectra](spectra.png)", ""]
@@ -568,7 +606,7 @@ def render_report(m: dict[str, Any]) -> str:
         for label, points in m["curves"].items():
             lines += [f"### {label}: {name} against fine-tune images seen", "", f"| images seen | {name} | KID ×10³ |"]
             lines += ["|---|---|---|"]
-            lines += [f"| {p['images_seen']} | {p['fd']:.3f} | {p['kid'] * 1e3:.3f} |" for p in points]
+            lines += [f"| {p['images_seen']} | {_sig(p['fd'])} | {_sig(p['kid'] * 1e3)} |" for p in points]
             lines.append("")
     env = m["environment"]
     lines += [

@@ -8,6 +8,7 @@ from training.classifier import Classifier, ClassifierConfig, save_classifier
 from training.configs import network_config
 from training.evaluate import (
     balanced_labels,
+    class_ordered,
     generator_fn,
     main,
     resolve_source,
@@ -22,7 +23,12 @@ def _denoiser(cls=EDMPrecond, seed=0):
     torch.manual_seed(seed)
     kw = network_config("tiny")
     model_type = kw.pop("model_type")
-    return cls(img_resolution=16, img_channels=1, label_dim=10, model_type=model_type, **kw)
+    net = cls(img_resolution=16, img_channels=1, label_dim=10, model_type=model_type, **kw)
+    # Freshly initialised EDM U-Nets output zeros (zero-init last layers): perturb them so samples depend on noise.
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
 
 
 def _training(stage: str, images_seen: int) -> dict:
@@ -157,3 +163,9 @@ def test_missing_classifier_names_the_command(models, tmp_path, capsys):
          "--num-samples", "8"]
     )  # fmt: skip
     assert rc == 2 and "train-classifier" in capsys.readouterr().err
+
+
+def test_class_ordered_grid_indices():
+    labels = torch.tensor([2, 0, 0, 1, 2, 1])
+    assert class_ordered(labels, 5, 3).tolist() == [1, 3, 0, 2, 5]
+    assert class_ordered(labels, 3, 0).tolist() == [0, 1, 2]
