@@ -169,3 +169,13 @@ def test_class_ordered_grid_indices():
     labels = torch.tensor([2, 0, 0, 1, 2, 1])
     assert class_ordered(labels, 5, 3).tolist() == [1, 3, 0, 2, 5]
     assert class_ordered(labels, 3, 0).tolist() == [0, 1, 2]
+
+
+def test_runs_as_a_module():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "train-classifier" in out.stdout and "report" in out.stdout
