@@ -3,9 +3,10 @@
 A batch starts when it holds ``max_batch_size`` images or when its oldest request has waited ``max_wait_ms``
 (Triton's and Ray Serve's rule, timed from the first arrival); a request that finds the batcher idle (nothing
 queued or computing) runs at once, since no wait can help it. While a batch computes, new requests queue
-up and form the next one. Requests larger than a batch are split across batches and reassembled. Work of
-requests that were cancelled (client gone, deadline passed) is dropped before compute and never resolves a
-future twice (the bugs of Ray Serve #41057/#50046).
+up and form the next one. Requests larger than a batch are split across batches and reassembled. Finished
+requests of a batch are encoded together in the encode pool (one hand-off per batch, not per request) while
+the next batch computes. Work of requests that were cancelled (client gone, deadline passed) is dropped
+before compute and never resolves a future twice (the bugs of Ray Serve #41057/#50046).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
+from functools import partial
 
 import numpy as np
 
 from service.backends.base import Backend
+from service.encode import encode_images
 from service.metrics import ModelMetrics
 
 log = logging.getLogger("service.batcher")
@@ -42,6 +46,10 @@ class InferenceFailed(Exception):
     pass
 
 
+class EncodeFailed(Exception):
+    pass
+
+
 class Job:
     """One request's images, possibly spread over several batches."""
 
@@ -60,9 +68,24 @@ class Job:
         "inference_s",
         "batch_size",
         "eager",
+        "fmt",
+        "quality",
+        "b64",
+        "blobs",
+        "encode_s",
+        "error",
     )
 
-    def __init__(self, seeds: list[int], labels: list[int] | None, deadline: float, future: asyncio.Future):
+    def __init__(
+        self,
+        seeds: list[int],
+        labels: list[int] | None,
+        deadline: float,
+        future: asyncio.Future,
+        fmt: str = "png",
+        quality: int = 90,
+        b64: bool = True,
+    ):
         self.n = len(seeds)
         self.seeds = seeds
         self.labels = labels
@@ -77,6 +100,12 @@ class Job:
         self.inference_s = 0.0
         self.batch_size = 0
         self.eager = False
+        self.fmt = fmt
+        self.quality = quality
+        self.b64 = b64  # base64 for JSON bodies
+        self.blobs: list[bytes] = []
+        self.encode_s = 0.0
+        self.error: Exception | None = None
 
     def images(self) -> list[np.ndarray]:
         """HWC uint8 views, in request order."""
@@ -91,6 +120,8 @@ class Batcher:
         executor: Executor,
         metrics: ModelMetrics,
         *,
+        encode_pool: Executor,
+        observe_encode: Callable[[str, float], None] | None = None,
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_images: int,
@@ -100,6 +131,8 @@ class Batcher:
         self.backend = backend
         self.executor = executor
         self.metrics = metrics
+        self.encode_pool = encode_pool
+        self.observe_encode = observe_encode
         # Never form a batch larger than the backend runs or than its largest preferred size.
         limits = [max_batch_size, backend.max_supported_batch, max(backend.preferred_batch_sizes or [max_batch_size])]
         self.max_batch_size = min(x for x in limits if x is not None)
@@ -145,13 +178,22 @@ class Batcher:
 
     # ------------------------------------------------------------ requests
 
-    def submit(self, seeds: list[int], labels: list[int] | None, deadline: float) -> Job:
+    def submit(
+        self,
+        seeds: list[int],
+        labels: list[int] | None,
+        deadline: float,
+        fmt: str = "png",
+        quality: int = 90,
+        b64: bool = True,
+    ) -> Job:
+        """Queue a request; its future resolves once its images are computed and encoded into ``job.blobs``."""
         if self._closing or self.dead is not None:
             raise NotAccepting(self.dead or "shutting down")
         n = len(seeds)
         if self.queued_images + n > self.max_queue_images:
             raise QueueFull(f"queue holds {self.queued_images} of {self.max_queue_images} images")
-        job = Job(seeds, labels, deadline, asyncio.get_running_loop().create_future())
+        job = Job(seeds, labels, deadline, asyncio.get_running_loop().create_future(), fmt, quality, b64)
         # A request that finds the batcher idle runs at once: waiting could only add latency (Triton's default).
         job.eager = self.idle_dispatch and not self._computing and self.queued_images == 0
         self._queue.append(job)
@@ -265,6 +307,7 @@ class Batcher:
         m.batch_size.observe(size)
         m.images_generated.inc(size)
         pos = 0
+        finished: list[Job] = []
         for job, a, b in batch:
             k = b - a
             if job.cancelled is None:
@@ -272,6 +315,37 @@ class Batcher:
                 job.inference_s += dt
                 job.batch_size = max(job.batch_size, size)
                 job.done += k
-                if job.done >= job.n and not job.future.done():
-                    job.future.set_result(None)
+                if job.done >= job.n:
+                    finished.append(job)
             pos += k
+        if finished:
+            # Not awaited: the next batch computes while these encode.
+            encoded = loop.run_in_executor(self.encode_pool, self._encode, finished)
+            encoded.add_done_callback(partial(_resolve, finished))
+
+    def _encode(self, jobs: list[Job]) -> None:
+        """Runs in the encode pool."""
+        for job in jobs:
+            if job.cancelled is not None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                job.blobs = encode_images(job.images(), job.fmt, job.quality, job.b64)
+            except Exception as e:
+                job.error = e
+                continue
+            job.encode_s = time.perf_counter() - t0
+            if self.observe_encode is not None:
+                self.observe_encode(job.fmt, job.encode_s)
+
+
+def _resolve(jobs: list[Job], encoded: asyncio.Future) -> None:
+    failure = encoded.exception() if not encoded.cancelled() else RuntimeError("encoding cancelled")
+    for job in jobs:
+        if job.future.done():
+            continue
+        error = failure or job.error
+        if error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(EncodeFailed(f"encoding failed: {type(error).__name__}: {error}"))

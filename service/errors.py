@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -83,8 +84,8 @@ def _field_of(loc: tuple[Any, ...]) -> str | None:
     return parts[0]
 
 
-async def _validation_handler(request: Request, exc: RequestValidationError) -> Response:
-    errors = exc.errors()
+def validation_error_response(errors: Sequence[Any]) -> Response:
+    """422 from pydantic-style errors (``loc`` starting with 'body' as FastAPI reports them)."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     field = _field_of(tuple(first.get("loc", ())))
     messages = []
@@ -94,6 +95,10 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     if len(errors) > 5:
         messages.append(f"... and {len(errors) - 5} more")
     return error_response(422, "validation_error", "; ".join(messages), field)
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> Response:
+    return validation_error_response(exc.errors())
 
 
 async def _http_handler(request: Request, exc: HTTPException) -> Response:

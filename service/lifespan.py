@@ -90,6 +90,7 @@ class ServiceState:
         self.encode_pool: ThreadPoolExecutor | None = None
         self._loader: asyncio.Task | None = None
         self.draining = False
+        self._encode_children: dict[str, Any] = {}
 
     # ------------------------------------------------------------ loading
 
@@ -124,11 +125,19 @@ class ServiceState:
                 max_wait_ms=s.max_wait_ms,
                 max_queue_images=s.max_queue_images,
                 idle_dispatch=s.idle_dispatch,
+                encode_pool=self.encode_pool,
+                observe_encode=self._observe_encode,
             )
             entry.batcher.start()
             entry.status = "ready"
             mm.ready.set(1)
             log.info("model %s ready (%s)", entry.name, backend.name)
+
+    def _observe_encode(self, fmt: str, seconds: float) -> None:
+        child = self._encode_children.get(fmt)
+        if child is None:
+            child = self._encode_children[fmt] = self.metrics.encode.labels(fmt)
+        child.observe(seconds)
 
     async def start(self) -> None:
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="onestep-infer")

@@ -10,6 +10,7 @@ from service.errors import install_error_handlers
 from service.lifespan import ServiceState, lifespan
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.routes import generate, health, metrics, models, playground
+from service.routes.generate import GenerateFastPath
 
 DESCRIPTION = """One-step image generation (D2O/D2O-F generators) with dynamic request batching.
 
@@ -23,7 +24,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state = ServiceState(settings)
     app.state.service = state
     install_error_handlers(app)
-    # Added innermost first: requests pass metrics -> API key -> body limit -> routes.
+    # Added innermost first: requests pass metrics -> API key -> body limit -> /generate fast path -> routes.
+    app.add_middleware(GenerateFastPath, state=state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics)
     if settings.api_keys:
         app.add_middleware(
