@@ -358,6 +358,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         parser.error("--teacher is required (a pre-training run dir or a denoiser model dir)")
     if args.objective != "gan" and not args.pairs and not args.resume:
         parser.error(f"--objective {args.objective} needs --pairs (make them with python -m training.make_pairs)")
+    if args.disc_backbone and args.disc == "teacher" and "--disc" not in (argv if argv is not None else sys.argv[1:]):
+        args.disc = "backbone"  # giving a backbone file means using it
     if args.disc == "backbone" and not (args.disc_backbone and args.disc_backbone_config):
         parser.error("--disc backbone needs --disc-backbone FILE.safetensors and --disc-backbone-config FILE.json")
     return parser, args

@@ -146,6 +146,14 @@ def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
         parse_args(["--teacher", str(tiny_denoiser_dir), "--objective", "distill"])  # no --pairs
 
 
+def test_cli_checks_and_backbone_files_select_the_backbone_disc():
+    _, args = parse_args(["--teacher", "t", "--disc-backbone", "w.safetensors", "--disc-backbone-config", "c.json"])
+    assert args.disc == "backbone"
+    for bad in (["--data", "x"], ["--teacher", "t", "--disc", "backbone"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
