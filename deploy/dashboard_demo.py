@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--phase-seconds", type=float, default=60.0)
     ap.add_argument("--max-queue-images", type=int, default=48, help="small, so the last phase overflows it")
     ap.add_argument("--bad-share", type=float, default=0.02, help="share of malformed requests (422)")
+    ap.add_argument("--torch-threads", type=int, default=1, help="ONESTEP_TORCH_THREADS for the service")
     args = ap.parse_args(argv)
     if args.phase_seconds * len(args.concurrency.split(",")) > 1800:
         raise SystemExit("keep the demo under 30 minutes")
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONESTEP_")}
         env.update(ONESTEP_HOST="127.0.0.1", ONESTEP_PORT=str(port), ONESTEP_MODELS_DIR=str(models),
                    ONESTEP_DEFAULT_MODEL=model, ONESTEP_MAX_QUEUE_IMAGES=str(args.max_queue_images),
+                   ONESTEP_TORCH_THREADS=str(args.torch_threads),
                    ONESTEP_LOG_LEVEL="warning")
         service_log = work / "service.log"
         procs = []

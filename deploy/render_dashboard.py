@@ -88,8 +88,11 @@ def render(url: str, dashboard: Path, out: Path, minutes: float, step: float, ra
     start = end - minutes * 60
     cols = 2
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(15, 3.2 * rows), squeeze=False)
-    fig.suptitle(f"onestep service: {json.loads(dashboard.read_text())['title']} (last {minutes:g} min, "
+    # Stat panels get a short row, as in Grafana.
+    heights = [0.5 if all(p.kind == "stat" for p in panels[r * cols:(r + 1) * cols]) else 1.0 for r in range(rows)]
+    fig, axes = plt.subplots(rows, cols, figsize=(15, 3.2 * sum(heights) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    fig.suptitle(f"{json.loads(dashboard.read_text())['title']} (last {minutes:g} min, "
                  f"Prometheus range queries, rate window {rate_interval})", fontsize=13)
     for ax, panel in zip(axes.flat, panels, strict=False):
         unit_label, scale = UNITS.get(panel.unit, (panel.unit, 1.0))
@@ -103,7 +106,7 @@ def render(url: str, dashboard: Path, out: Path, minutes: float, step: float, ra
                 t = np.array([float(v[0]) for v in s["values"]])
                 y = np.array([float(v[1]) for v in s["values"]]) * scale
                 if panel.kind == "stat":
-                    ax.bar(legend(target.legend, s["metric"]), y[-1] if len(y) else 0.0)
+                    ax.barh(legend(target.legend, s["metric"]), y[-1] if len(y) else 0.0)
                 else:
                     ax.plot((t - end) / 60, y, label=legend(target.legend, s["metric"]), lw=1.4)
         if panel.kind == "timeseries":
@@ -115,7 +118,7 @@ def render(url: str, dashboard: Path, out: Path, minutes: float, step: float, ra
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
