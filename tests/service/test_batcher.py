@@ -1,0 +1,84 @@
+"""Batcher internals on a real torch backend: FIFO packing and splitting, cancellation, deadlines, loop death."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from service.backends import create_backend
+from service.batcher import Batcher, JobCancelled, NotAccepting, QueueFull
+from service.config import Settings
+from service.metrics import Metrics
+from tests.service.conftest import COND
+from training.checkpoint import read_config
+
+
+@pytest.fixture(scope="module")
+def backend(models_dir: Path):
+    return create_backend("torch", models_dir / COND, read_config(models_dir / COND), Settings(torch_threads=1))
+
+
+def make(backend, pool: ThreadPoolExecutor, **kw) -> Batcher:
+    kw = {"max_batch_size": 4, "max_wait_ms": 10_000, "max_queue_images": 10, "idle_dispatch": False, **kw}
+    return Batcher(COND, backend, pool, Metrics().for_model(COND, "torch"), encode_pool=pool, **kw)
+
+
+def test_fifo_packing_and_splitting(backend) -> None:
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = make(backend, pool)
+            far = time.perf_counter() + 60
+            jobs = [b.submit(list(range(n)), [0] * n, far) for n in (3, 6, 1)]
+            assert b.queued_images == 10
+            with pytest.raises(QueueFull):
+                b.submit([1], [0], far)
+            now = time.perf_counter()
+            batches = [[(id(j), a, c) for j, a, c in b._take(now)] for _ in range(3)]
+            a, m, z = (id(j) for j in jobs)
+            assert batches == [[(a, 0, 3), (m, 0, 1)], [(m, 1, 5)], [(m, 5, 6), (z, 0, 1)]]
+            assert b.queued_images == 0 and b._take(now) == []
+
+    asyncio.run(go())
+
+
+def test_cancel_frees_slots_and_never_resolves_twice(backend) -> None:
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = make(backend, pool)
+            b.start()
+            far = time.perf_counter() + 60
+            gone = b.submit([1, 2, 3], [0, 0, 0], far)
+            stay = b.submit([4], [1], far)
+            b.cancel(gone, "client_disconnected")
+            b.cancel(gone, "client_disconnected")  # idempotent
+            assert b.queued_images == 1
+            with pytest.raises(JobCancelled):
+                await gone.future
+            expired = b.submit([5], [0], time.perf_counter() - 1)  # deadline already passed
+            await b.close()  # drains without waiting max_wait
+            await stay.future
+            assert len(stay.blobs) == 1 and stay.batch_size == 1  # the cancelled and expired images never ran
+            assert expired.cancelled == "deadline"
+            with pytest.raises(NotAccepting):
+                b.submit([6], [0], far)
+
+    asyncio.run(go())
+
+
+def test_loop_death_marks_unhealthy_and_fails_queued_work(backend) -> None:
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = make(backend, pool)
+            job = b.submit([1], [0], time.perf_counter() + 60)
+            b._take = None  # a bug in the loop: calling it raises TypeError
+            b.max_wait = 0
+            b.start()
+            with pytest.raises(JobCancelled):
+                await asyncio.wait_for(job.future, 10)
+            assert not b.healthy and "TypeError" in (b.dead or "")
+
+    asyncio.run(go())
