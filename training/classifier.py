@@ -193,6 +193,7 @@ class TrainOptions:
     max_steps: int | None = None  # stop early (tests)
     log_every: int = 100  # progress line every this many steps
     arch: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # continue from this classifier dir (its architecture wins over ``arch``)
 
 
 def augment(images: torch.Tensor, shift: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -230,10 +231,16 @@ def train_classifier(
     """Train with AdamW + one-cycle LR, label smoothing and mild augmentation; returns (model, summary)."""
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
-    config = ClassifierConfig(
-        img_resolution=train.resolution, img_channels=train.channels, num_classes=train.num_classes, **options.arch
-    )
-    model = Classifier(config)
+    if options.init is not None:
+        model = load_classifier(options.init).requires_grad_(True)
+        c = model.config
+        if (c.img_resolution, c.img_channels, c.num_classes) != (train.resolution, train.channels, train.num_classes):
+            raise ValueError(f"--init {options.init}: classifier shape {c} does not fit the data")
+    else:
+        config = ClassifierConfig(
+            img_resolution=train.resolution, img_channels=train.channels, num_classes=train.num_classes, **options.arch
+        )
+        model = Classifier(config)
     steps_per_epoch = math.ceil(len(train) / options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     if options.max_steps is not None:

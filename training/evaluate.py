@@ -686,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--blocks", type=_int_list, default=(1, 1, 1), help="residual blocks per stage")
     t.add_argument("--feature-dim", type=int, default=128, help="feature space dimension")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    t.add_argument("--init", default=None, help="continue training from this classifier dir")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
@@ -705,6 +706,7 @@ def cmd_train_classifier(args: argparse.Namespace, log: Log = print) -> dict[str
         shift=args.shift,
         max_steps=args.max_steps,
         arch=dict(widths=args.widths, blocks=args.blocks, feature_dim=args.feature_dim),
+        init=args.init,
     )
     model, summary = train_classifier(train, test, options, log=log)
     short = args.data.split(":", 1)[0]
@@ -716,6 +718,8 @@ def cmd_train_classifier(args: argparse.Namespace, log: Log = print) -> dict[str
         "test_accuracy": summary.get("test_accuracy"),
         "training": summary,
     }
+    if args.init:
+        extra["training"]["init"] = read_classifier_config(args.init).get("training")
     save_classifier(model, args.out, extra)
     log(f"Saved {args.out}: test accuracy {summary.get('test_accuracy')}, {summary['train_seconds']:.0f} s")
     return extra

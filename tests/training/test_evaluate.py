@@ -179,3 +179,22 @@ def test_runs_as_a_module():
         [sys.executable, "-m", "training.evaluate", "--help"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "train-classifier" in out.stdout and "report" in out.stdout
+
+
+def test_train_classifier_command(tmp_path):
+    from training.classifier import load_classifier, read_classifier_config
+
+    out = tmp_path / "clf"
+    args = ["train-classifier", "--data", "synthetic:40", "--out", str(out), "--epochs", "1", "--batch", "8"]
+    args += ["--max-steps", "2", "--widths", "8,16", "--blocks", "1,1", "--feature-dim", "16"]
+    assert main(args) == 0
+    config = read_classifier_config(out)
+    assert config["metric_name"] == "FD-SYNTHETIC" and config["dataset"]["spec"] == "synthetic:40"
+    assert len(config["class_names"]) == 10 and 0 <= config["test_accuracy"] <= 1
+    assert config["training"]["steps"] == 2 and config["architecture"]["widths"] == [8, 16]
+    # Continue from it: the architecture comes from the init dir, the earlier training is recorded.
+    assert main(["train-classifier", "--data", "synthetic:40", "--out", str(tmp_path / "more"), "--init", str(out),
+                 "--epochs", "1", "--batch", "8", "--max-steps", "1"]) == 0  # fmt: skip
+    more = read_classifier_config(tmp_path / "more")
+    assert more["training"]["init"]["steps"] == 2 and more["architecture"]["feature_dim"] == 16
+    assert load_classifier(tmp_path / "more").features(torch.zeros(1, 1, 16, 16)).shape == (1, 16)
