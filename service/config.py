@@ -73,8 +73,9 @@ class Settings(BaseSettings):
         description="Accepted bearer tokens (comma-separated or a JSON list). Empty: authentication is off.",
     )
     auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
-        description="Paths reachable without an API key when keys are set (comma-separated or a JSON list).",
+        default_factory=lambda: ["/", "/healthz", "/readyz", "/metrics"],
+        description="Paths reachable without an API key when keys are set (comma-separated or a JSON list); "
+        "'/' is the playground page, whose own API calls send the key typed into it.",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for the torch backend; unset keeps torch's default."

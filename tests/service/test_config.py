@@ -15,7 +15,7 @@ def test_defaults() -> None:
     assert s.models_dir == Path("models") and s.default_model == "fmnist-d2o" and s.backend == "torch"
     assert (s.max_batch_size, s.max_wait_ms, s.max_queue_images, s.max_images_per_request) == (32, 5.0, 256, 64)
     assert s.max_body_bytes == 64 * 1024 and s.api_keys == []
-    assert s.auth_exempt_paths == ["/healthz", "/readyz", "/metrics"]
+    assert s.auth_exempt_paths == ["/", "/healthz", "/readyz", "/metrics"]
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} needs a description (the README table is built from them)"
 

@@ -86,6 +86,7 @@ def test_401_when_keys_are_set(serve: Callable[..., LiveServer]) -> None:
         # Exempt by default: probes and scrapes.
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
+        assert c.get("/").status_code == 200  # the playground page; its API calls carry the key
         metrics = c.get("/metrics")
         assert metrics.status_code == 200
         assert 'onestep_rejected_requests_total{reason="unauthorized"} 4.0' in metrics.text
