@@ -140,6 +140,9 @@ class Batcher:
         self.max_queue_images = max_queue_images
         self.idle_dispatch = idle_dispatch
         self._computing = False
+        self._compute_started = 0.0
+        #: A batch running longer than this marks the batcher unhealthy (a hung GPU or runtime).
+        self.stall_after_s = 60.0
         self._queue: deque[Job] = deque()
         self.queued_images = 0
         self._wakeup = asyncio.Event()
@@ -167,7 +170,11 @@ class Batcher:
 
     @property
     def healthy(self) -> bool:
-        return self.dead is None and self.consecutive_failures < 3
+        return self.dead is None and self.consecutive_failures < 3 and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        return self._computing and time.perf_counter() - self._compute_started > self.stall_after_s
 
     async def close(self) -> None:
         """Stop accepting, run what is queued without waiting for more, then stop."""
@@ -288,6 +295,7 @@ class Batcher:
         size = len(seeds)
         t0 = time.perf_counter()
         self._computing = True
+        self._compute_started = t0
         try:
             out = await loop.run_in_executor(self.executor, self.backend.generate, seeds, labels)
         except Exception as e:  # a failed batch fails its requests, not the service
@@ -300,6 +308,9 @@ class Batcher:
             return
         finally:
             self._computing = False
+        self._compute_started = 0.0
+        #: A batch running longer than this marks the batcher unhealthy (a hung GPU or runtime).
+        self.stall_after_s = 60.0
         self.consecutive_failures = 0
         dt = time.perf_counter() - t0
         m = self.metrics

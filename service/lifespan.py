@@ -128,6 +128,7 @@ class ServiceState:
                 encode_pool=self.encode_pool,
                 observe_encode=self._observe_encode,
             )
+            entry.batcher.stall_after_s = max(60.0, 2 * s.request_timeout_s)
             entry.batcher.start()
             entry.status = "ready"
             mm.ready.set(1)
@@ -174,7 +175,9 @@ class ServiceState:
             if entry.status == "loading":
                 return False, f"model {entry.name} is loading"
             if entry.batcher is not None and not entry.batcher.healthy:
-                return False, f"model {entry.name}: {entry.batcher.dead or 'repeated inference failures'}"
+                b = entry.batcher
+                why = b.dead or ("a batch has run for too long" if b.stalled else "repeated inference failures")
+                return False, f"model {entry.name}: {why}"
         return True, "ready"
 
 

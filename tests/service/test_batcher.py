@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,5 +82,31 @@ def test_loop_death_marks_unhealthy_and_fails_queued_work(backend) -> None:
             with pytest.raises(JobCancelled):
                 await asyncio.wait_for(job.future, 10)
             assert not b.healthy and "TypeError" in (b.dead or "")
+
+    asyncio.run(go())
+
+
+def test_a_hung_batch_marks_the_batcher_unhealthy(backend) -> None:
+    release = threading.Event()
+    original = backend.generate
+
+    def hanging_generate(seeds, labels):  # fault injection: a runtime that stops answering for a while
+        release.wait(30)
+        return original(seeds, labels)
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = make(backend, pool, idle_dispatch=True)
+            b.stall_after_s = 0.1
+            b.backend = copy.copy(backend)
+            b.backend.generate = hanging_generate
+            b.start()
+            job = b.submit([1], [0], time.perf_counter() + 60)
+            await asyncio.sleep(0.3)
+            assert b.stalled and not b.healthy
+            release.set()
+            await asyncio.wait_for(job.future, 30)
+            assert b.healthy
+            await b.close()
 
     asyncio.run(go())
