@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
@@ -18,20 +20,29 @@ Errors always have the shape `{"error": {"type", "message", "field"}}`.
 """
 
 
+class OnestepApp(FastAPI):
+    """FastAPI with the service's guards and the POST /generate fast path outside FastAPI's own middleware.
+
+    Requests pass request metrics -> API key -> body limit -> /generate fast path, then FastAPI (error
+    handlers, routing) for everything else: the hot path skips layers that cost more CPU than a small model.
+    """
+
+    def build_middleware_stack(self) -> Any:
+        app = super().build_middleware_stack()
+        state: ServiceState = self.state.service
+        s = state.settings
+        app = GenerateFastPath(app, state)
+        app = BodyLimitMiddleware(app, max_bytes=s.max_body_bytes, metrics=state.metrics)
+        if s.api_keys:
+            app = ApiKeyMiddleware(app, keys=s.api_keys, exempt=s.auth_exempt_paths, metrics=state.metrics)
+        return RequestMetricsMiddleware(app, metrics=state.metrics)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    app = FastAPI(title="onestep", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    state = ServiceState(settings)
-    app.state.service = state
+    app = OnestepApp(title="onestep", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = ServiceState(settings)
     install_error_handlers(app)
-    # Added innermost first: requests pass metrics -> API key -> body limit -> /generate fast path -> routes.
-    app.add_middleware(GenerateFastPath, state=state)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics)
-    if settings.api_keys:
-        app.add_middleware(
-            ApiKeyMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths, metrics=state.metrics
-        )
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     for module in (generate, models, health, metrics, playground):
         app.include_router(module.router)
     if playground.STATIC_DIR.is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from functools import partial
@@ -20,6 +21,7 @@ from service.middleware import MODEL_SCOPE_KEY
 from service.schemas import MAX_SEED, MEDIA_TYPES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"])
+log = logging.getLogger("service")
 
 _RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/*": ""}
 _JSON_TYPES = {"application/json", "application/*", "*/*"}
@@ -243,6 +245,9 @@ class GenerateFastPath:
             response = error_response(e.status_code, e.type, e.message, e.field, e.headers)
         except ValidationError as e:
             response = validation_error_response([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])
+        except Exception as e:  # outside FastAPI's handlers here: keep the one error schema for bugs too
+            log.exception("unhandled error on POST /generate")
+            response = error_response(500, "internal_error", f"internal error ({type(e).__name__})")
         await response(scope, receive, send)
 
 
