@@ -17,12 +17,15 @@ torch.set_num_threads(1)  # tests are small; more threads only contend on shared
 
 
 def tiny_denoiser(label_dim: int = 10, resolution: int = 16, channels: int = 1, precond=EDMPrecond, seed: int = 0):
+    """A tiny net whose every weight is random: EDM zero-initialises output layers, which would make flat images."""
     torch.manual_seed(seed)
     kw = network_config("tiny")
     model_type = kw.pop("model_type")
-    return precond(
-        img_resolution=resolution, img_channels=channels, label_dim=label_dim, model_type=model_type, **kw
-    ).eval()
+    net = precond(img_resolution=resolution, img_channels=channels, label_dim=label_dim, model_type=model_type, **kw)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval()
 
 
 def make_tiny_generator_dir(path: Path, label_dim: int = 10, seed: int = 0, name: str | None = None) -> Path:
