@@ -137,6 +137,7 @@ class FinetuneTask:
         n = cfg["grid_size"]
         self.grid_noise = seeded_noise(range(GRID_SEED, GRID_SEED + n), self.img_shape)
         self.grid_labels = grid_labels(self.label_dim, n)
+        self.grid_cols = self.label_dim or None  # one column per class
 
     # ------------------------------------------------------------ per-step randomness
 

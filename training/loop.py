@@ -176,7 +176,7 @@ def run_training(
                 dict(task=task.state_dict(), stream=stream.state_dict(), progress=dict(progress), rng=rngs),
             )
             images = task.sample_images()
-            save_image_grid(images, run_dir / f"samples-{kimg:06d}.png")
+            save_image_grid(images, run_dir / f"samples-{kimg:06d}.png", cols=getattr(task, "grid_cols", None))
             if options.keep_model_snapshots or final:
                 task.export_model(run_dir / f"network-snapshot-{kimg:06d}", progress["images_seen"])
             log(f"Snapshot at {kimg} kimg{' (final)' if final else ''}")

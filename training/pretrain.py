@@ -49,6 +49,7 @@ class PretrainTask:
             range(GRID_SEED, GRID_SEED + n), (net.img_channels, net.img_resolution, net.img_resolution)
         )
         self.grid_labels = grid_labels(net.label_dim, n)
+        self.grid_cols = net.label_dim or None  # one column per class
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
         cfg, world = self.cfg, self.world
