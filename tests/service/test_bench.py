@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service import bench
@@ -166,3 +168,48 @@ def test_bench_spawns_servers_for_targets(models_dir: Path, tmp_path: Path) -> N
         "latency c=1 p99",
     ):
         assert targets[name]["value"] is not None and targets[name]["value"] > 0, targets[name]
+
+
+@pytest.mark.parametrize("client_kind", ["raw", "httpx"])
+def test_run_level_with_either_client(serve, client_kind: str) -> None:
+    server: LiveServer = serve(max_batch_size=4, max_wait_ms=2, torch_threads=1)
+
+    async def go() -> bench.LevelResult:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            probe = bench.ServerProbe(client, server.url, os.getpid())
+            await probe.setup()
+            return await bench.run_level(
+                client,
+                probe,
+                concurrency=2,
+                images_per_request=2,
+                duration=0.5,
+                warmup=0.1,
+                model=None,
+                fmt="jpeg",
+                max_requests=5,
+                client_kind=client_kind,
+                url=server.url,
+            )
+
+    lv = asyncio.run(go())
+    assert lv.errors == 0 and 1 <= lv.requests <= 5 and lv.images == 2 * lv.requests
+    assert lv.server_cpu_ms_per_image is not None and lv.server_cpu_ms_per_image > 0
+    assert all(1 <= b <= 4 for b in lv.batch_sizes)
+
+
+def test_raw_client_reports_errors(serve) -> None:
+    server: LiveServer = serve()
+
+    async def go() -> tuple[int, bytes]:
+        conn = bench.Http1Connection(server.url, 10)
+        try:
+            status, body = await conn.post("/generate", b'{"num_images": 0}')
+            ok = await conn.post("/generate", b'{"seed": 1}')  # same keep-alive connection
+            assert ok[0] == 200
+            return status, body
+        finally:
+            await conn.aclose()
+
+    status, body = asyncio.run(go())
+    assert status == 422 and json.loads(body)["error"]["field"] == "num_images"
