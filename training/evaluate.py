@@ -42,6 +42,16 @@ from training.spectra import SpectrumAccumulator
 SNAPSHOT_PREFIX = "network-snapshot-"
 DEFAULT_NFE = (1, 3, 7, 15, 35)
 DEFAULT_CLASSIFIER = "models/fmnist-classifier"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_classifier(path: str | Path) -> Path:
+    """A relative classifier path is tried from the working dir, then from the repository root."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
 
 Log = Callable[[str], None]
 
@@ -356,6 +366,7 @@ def run_evaluation(
     data = data or (sources[0].config.get("dataset") or {}).get("spec")
     if not data:
         raise ValueError("no --data given and the first model's config.json names no dataset.spec")
+    classifier_dir = find_classifier(classifier_dir)
     classifier = load_classifier(classifier_dir, device=options.device)
     clf_config = read_classifier_config(classifier_dir)
     metric_name = clf_config.get("metric_name", "FD")
