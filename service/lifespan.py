@@ -97,7 +97,7 @@ class ServiceState:
     def _build(self, entry: ModelEntry) -> Backend:
         backend = create_backend(entry.backend_name, entry.path, entry.config, self.settings)
         if self.settings.warmup:
-            backend.warmup(self.settings.max_batch_size)
+            backend.warmup(self.settings.max_batch_size, should_stop=lambda: self.draining)
         return backend
 
     async def _load_all(self) -> None:

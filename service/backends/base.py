@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,9 +63,14 @@ class Backend(ABC):
             return [s for s in self.preferred_batch_sizes if s <= max(max_batch_size, self.preferred_batch_sizes[0])]
         return list(range(1, max_batch_size + 1))
 
-    def warmup(self, max_batch_size: int) -> None:
-        """Run every batch size the batcher may form once (cuDNN/ORT/TensorRT pick kernels per shape)."""
+    def warmup(self, max_batch_size: int, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Run every batch size the batcher may form once (cuDNN/ORT/TensorRT pick kernels per shape).
+
+        ``should_stop`` is asked between sizes so that a shutdown during warm-up does not wait for all of them.
+        """
         for size in self.warmup_sizes(max_batch_size):
+            if should_stop():
+                return
             self.generate(list(range(size)), [i % max(self.label_dim, 1) for i in range(size)])
 
     def close(self) -> None:  # noqa: B027 - optional hook
