@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,24 @@ def test_fmnist_parity(tmp_path: Path):
     report = check_onnx_parity(load_model(model_dir), out)
     print(report.table())
     assert report.passed and report.max_abs_diff <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("ONESTEP_TEST_BIG_EXPORTS") != "1",
+    reason="minutes per config on 2 CPU cores; set ONESTEP_TEST_BIG_EXPORTS=1 to run",
+)
+@pytest.mark.parametrize("config", ["cifar10-ddpmpp", "cifar10-ncsnpp", "64-ddpmpp", "imagenet64-adm"])
+def test_big_configs_export(tmp_path: Path, config: str):
+    """Every named architecture exports to a checked graph that matches PyTorch at small batches."""
+    from exporters.bench import CONFIG_DATA
+
+    res, channels, label_dim = CONFIG_DATA[config]
+    model_dir = make_generator_dir(
+        tmp_path / config, config, resolution=res, channels=channels, label_dim=min(label_dim, 10)
+    )
+    out = export_onnx(model_dir, parity_batches=(1, 2))
+    onnx.checker.check_model(str(out), full_check=True)
+    report = check_onnx_parity(load_model(model_dir), out, batches=(1, 2))
+    print(config, report.table(), sep="\n")
+    assert report.passed
