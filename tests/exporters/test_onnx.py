@@ -117,18 +117,23 @@ def test_session_options(tiny_onnx: Path):
         onnx_session(tiny_onnx.with_name("missing.onnx"))
 
 
-def test_cli_unconditional_without_uint8(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_cli_unconditional_fp16_without_uint8(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """Unconditional graph, images only, U-Net in fp16 (the TensorRT 11 path): parity at fp16 tolerance."""
     model_dir = make_generator_dir(tmp_path / "uncond", label_dim=0)
     out = tmp_path / "out" / "g.onnx"
-    rc = main(["onnx", "--model", str(model_dir), "--out", str(out), "--no-uint8", "--parity-batches", "1,3"])
+    argv = ["onnx", str(model_dir), "--out", str(out), "--no-uint8", "--precision", "fp16", "--parity-batches", "1,3"]
+    rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.strip() == str(out)
-    assert "parity onnxruntime vs pytorch" in captured.err and "FAIL" not in captured.err
+    assert "parity onnxruntime vs pytorch (atol 0.02" in captured.err and "FAIL" not in captured.err
     model = onnx.load(str(out))
     assert [v.name for v in model.graph.input] == ["z"]
     assert [v.name for v in model.graph.output] == ["images"]
-    assert read_metadata(out)["label_dim"] == "0"
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays float32
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    meta = read_metadata(out)
+    assert meta["label_dim"] == "0" and meta["precision"] == "fp16" and meta["uint8_output"] == "0"
     images = OnnxRunner(out).run(np.zeros((2, 1, 16, 16), np.float32))["images"]
     assert images.shape == (2, 1, 16, 16)
 
