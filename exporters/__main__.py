@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="MIN:OPT:MAX",
-        help="batch optimization profile; repeat for several buckets (default 1:8:64)",
+        help="batch optimization profile; repeat per bucket (default 1:32:64; opt = the service's max batch)",
     )
     p.add_argument("--timing-cache", type=Path, help="timing cache file (default beside the plan)")
     p.add_argument("--no-parity", action="store_true", help="skip the TensorRT vs ONNX Runtime check")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tensorrt":
             from exporters.tensorrt import Profile, export_tensorrt
 
-            profiles = [Profile.parse(p) for p in (args.profile or ["1:8:64"])]
+            profiles = [Profile.parse(p) for p in (args.profile or ["1:32:64"])]
             out = export_tensorrt(
                 model_dir,
                 args.out,
