@@ -247,12 +247,14 @@ def onnx_session(
     providers: Sequence[Any] | None = None,
     parallel: bool = False,
     allow_spinning: bool = True,
+    denormal_as_zero: bool = False,
 ):
     """An ``onnxruntime.InferenceSession`` with the settings the benchmark found best on CPU.
 
     All graph optimizations, sequential execution (``parallel`` switches to the parallel executor, which only
-    pays for graphs with independent branches), one inter-op thread, denormals flushed to zero, and
-    ``intra_op_threads`` (None: ONNX Runtime's default, one per physical core).
+    pays for graphs with independent branches), one inter-op thread and ``intra_op_threads`` (None: ONNX
+    Runtime's default, one per physical core). ``denormal_as_zero`` sets flush-to-zero in the *calling* thread
+    too, which changes float behaviour of unrelated code there: enable it only on a dedicated inference thread.
     """
     import onnxruntime as ort
 
@@ -267,7 +269,8 @@ def onnx_session(
         if intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         so.intra_op_num_threads = intra_op_threads
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if denormal_as_zero:
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
 
