@@ -38,11 +38,11 @@ from training.discriminator import (
 from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
 from training.ema import EMA
 from training.freeze import FREEZE_MODES, FreezeReport, apply_freeze
-from training.loop import LoopOptions, RunLog, create_run_dir, load_run_config, run_training, save_run_config
+from training.loop import LoopOptions, RunLog, open_run_dir, resolve_run_config, run_training
 from training.make_pairs import PairsReader
 from training.precond import SIGMA_MAX, D2OPrecond, EDMPrecond, OneStepGenerator, count_parameters
 from training.presets import preset_args, preset_names
-from training.pretrain import GRID_SEED, _share_path, grid_labels
+from training.pretrain import GRID_SEED, grid_labels
 from training.sampling import seeded_noise
 from training.teacher import Teacher, load_teacher
 
@@ -438,24 +438,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     world = init_distributed(args.device)
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            cfg = load_run_config(run_dir)
-            given = argv if argv is not None else sys.argv[1:]
-            if any(a == "--duration" or a.startswith("--duration=") for a in given):
-                cfg["duration"] = args.duration
-        else:
-            cfg = run_config_from_args(args)
-            if args.batch % world.world_size:
-                parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
-            run_dir = None
+        cfg, run_dir = resolve_run_config(parser, args, argv, world, run_config_from_args)
         task, stream = build_task(cfg, world)
         info = describe(task)
         if run_dir is None:
-            if world.is_main:
-                run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
-                save_run_config(run_dir, {**cfg, "world_size": world.world_size, **info})
-            run_dir = _share_path(run_dir, world)
+            run_dir = open_run_dir(cfg, world, info)
         log = RunLog(run_dir if world.is_main else None)
         log(f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg['teacher_info']['model_dir']}")
         log(

@@ -7,6 +7,7 @@ resume (model, optimizer, EMA, RNG, data position) and a snapshot on Ctrl-C / SI
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import re
@@ -14,7 +15,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -252,6 +253,48 @@ def run_training(
                 break
     bar.close()
     return progress
+
+
+def resolve_run_config(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    world: World,
+    from_args: Callable[[argparse.Namespace], dict[str, Any]],
+) -> tuple[dict[str, Any], Path | None]:
+    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` wins) and its dir.
+
+    Otherwise a new config from the arguments and no dir yet (``open_run_dir`` makes it).
+    """
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir)
+        given = argv if argv is not None else sys.argv[1:]
+        if any(a == "--duration" or a.startswith("--duration=") for a in given):
+            cfg["duration"] = args.duration
+        return cfg, run_dir
+    cfg = from_args(args)
+    if args.batch % world.world_size:
+        parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
+    return cfg, None
+
+
+def open_run_dir(cfg: dict[str, Any], world: World, extra: dict[str, Any]) -> Path:
+    """Rank 0 creates ``outdir/NNNNN-desc`` and writes its config.json; every rank learns the path."""
+    run_dir = None
+    if world.is_main:
+        run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
+        save_run_config(run_dir, {**cfg, "world_size": world.world_size, **extra})
+    return share_path(run_dir, world)
+
+
+def share_path(path: Path | None, world: World) -> Path:
+    """Rank 0's path, on every rank."""
+    if not world.distributed:
+        return path
+    obj = [str(path) if path is not None else None]
+    torch.distributed.broadcast_object_list(obj, src=0)
+    return Path(obj[0])
 
 
 def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:

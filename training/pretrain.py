@@ -6,7 +6,6 @@ Rerun with ``--resume runs/NNNNN-...`` to continue a run exactly where its last 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from training.configs import NETWORK_CONFIGS, network_config
 from training.datasets import BatchStream, open_dataset
 from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
 from training.ema import EMA
-from training.loop import LoopOptions, create_run_dir, load_run_config, run_training, save_run_config
+from training.loop import LoopOptions, open_run_dir, resolve_run_config, run_training
 from training.losses import EDMLoss
 from training.precond import EDMPrecond, count_parameters
 from training.sampling import sample, seeded_noise
@@ -186,25 +185,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     world = init_distributed(args.device)
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            cfg = load_run_config(run_dir)
-            given = argv if argv is not None else sys.argv[1:]
-            if any(a == "--duration" or a.startswith("--duration=") for a in given):
-                cfg["duration"] = args.duration
-        else:
-            cfg = run_config_from_args(args)
-            if args.batch % world.world_size:
-                parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
-            run_dir = None
+        cfg, run_dir = resolve_run_config(parser, args, argv, world, run_config_from_args)
         task, stream = build_task(cfg, world)
         if run_dir is None:
-            if world.is_main:
-                run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
-                save_run_config(
-                    run_dir, {**cfg, "world_size": world.world_size, "parameters": count_parameters(task.net)}
-                )
-            run_dir = _share_path(run_dir, world)
+            run_dir = open_run_dir(cfg, world, {"parameters": count_parameters(task.net)})
         if world.is_main:
             print(f"Run dir: {run_dir}  parameters: {count_parameters(task.net):,}  world size: {world.world_size}")
         options = LoopOptions(
@@ -221,15 +205,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"run_dir": str(run_dir), **progress}
     finally:
         shutdown_distributed()
-
-
-def _share_path(path: Path | None, world: World) -> Path:
-    """Rank 0 creates the run dir; the others learn its name."""
-    if not world.distributed:
-        return path
-    obj = [str(path) if path is not None else None]
-    torch.distributed.broadcast_object_list(obj, src=0)
-    return Path(obj[0])
 
 
 if __name__ == "__main__":
