@@ -139,12 +139,26 @@ def torch_to_onnx(wrapper: ExportWrapper, *, opset: int = 18) -> Any:
             verbose=False,
         )
     model = program.model_proto
+    strip_node_metadata(model.graph)
     # Name the batch axis the same on every input and output.
     for value in list(model.graph.input) + list(model.graph.output):
         dim0 = value.type.tensor_type.shape.dim[0]
         if not dim0.dim_value:
             dim0.dim_param = "batch"
     return model
+
+
+def strip_node_metadata(graph: Any) -> None:
+    """Drop the exporter's per-node debugging records (Python stack traces with the exporting machine's file
+    paths, source module names): they are not needed to run the graph and would leak the build environment."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+        for attr in node.attribute:
+            if attr.g is not None and attr.HasField("g"):
+                strip_node_metadata(attr.g)
+            for g in attr.graphs:
+                strip_node_metadata(g)
 
 
 def add_metadata(

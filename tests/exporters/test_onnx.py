@@ -191,3 +191,12 @@ def test_big_configs_export(tmp_path: Path, config: str):
     report = check_onnx_parity(load_model(model_dir), out, batches=(1, 2))
     print(config, report.table(), sep="\n")
     assert report.passed
+
+
+def test_graph_carries_no_exporter_debug_records(tiny_onnx):
+    """Stack traces with the build machine's paths must not ship inside the model file."""
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    assert all(len(node.metadata_props) == 0 and not node.doc_string for node in model.graph.node)
+    assert b"Traceback" not in tiny_onnx.read_bytes() and b'File "' not in tiny_onnx.read_bytes()
