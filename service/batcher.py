@@ -309,8 +309,6 @@ class Batcher:
         finally:
             self._computing = False
         self._compute_started = 0.0
-        #: A batch running longer than this marks the batcher unhealthy (a hung GPU or runtime).
-        self.stall_after_s = 60.0
         self.consecutive_failures = 0
         dt = time.perf_counter() - t0
         m = self.metrics
