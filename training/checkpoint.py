@@ -134,16 +134,22 @@ def save_model(
     return out
 
 
-def read_config(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / CONFIG_NAME
+def read_json_object(path: Path, missing_hint: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or a CheckpointError naming the file and what is wrong."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (a model dir holds {CONFIG_NAME} and a .safetensors file)")
+        raise CheckpointError(f"{path}: not found ({missing_hint})")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CONFIG_NAME
+    config = read_json_object(path, f"a model dir holds {CONFIG_NAME} and a .safetensors file")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from training.checkpoint import CheckpointError, file_sha256, load_state_dict_file
+from training.checkpoint import CheckpointError, file_sha256, load_state_dict_file, read_json_object
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -146,13 +146,8 @@ def save_classifier(model: Classifier, out_dir: str | Path, extra: dict[str, Any
 
 def read_classifier_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (train one with `python -m training.evaluate train-classifier`)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict) or config.get("kind") != KIND:
+    config = read_json_object(path, "train one with `python -m training.evaluate train-classifier`")
+    if config.get("kind") != KIND:
         raise CheckpointError(f'{path}: not a classifier config (expected "kind": "{KIND}")')
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {config.get('format_version')!r} is not supported")

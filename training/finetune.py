@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.checkpoint import save_model
+from training.checkpoint import build_precond, precond_kwargs, save_model
 from training.datasets import BatchStream, open_dataset
 from training.discriminator import (
     DEFAULT_SIGMAS,
@@ -40,7 +40,7 @@ from training.ema import EMA
 from training.freeze import FREEZE_MODES, FreezeReport, apply_freeze
 from training.loop import LoopOptions, RunLog, open_run_dir, resolve_run_config, run_training
 from training.make_pairs import PairsReader
-from training.precond import SIGMA_MAX, D2OPrecond, EDMPrecond, OneStepGenerator, count_parameters
+from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.presets import preset_args, preset_names
 from training.pretrain import GRID_SEED, grid_labels
 from training.sampling import seeded_noise
@@ -52,20 +52,10 @@ DISCS = ("teacher", "scratch", "backbone")
 
 def build_generator(teacher: EDMPrecond, dropout: float | None = 0.0, sigma: float = SIGMA_MAX) -> OneStepGenerator:
     """A D2O-preconditioned copy of the teacher (same weights), wrapped as G(z, y) at ``sigma``."""
-    kw = dict(teacher.model_kwargs)
+    kw = precond_kwargs(teacher)
     if dropout is not None:
         kw["dropout"] = dropout
-    net = D2OPrecond(
-        img_resolution=teacher.img_resolution,
-        img_channels=teacher.img_channels,
-        label_dim=teacher.label_dim,
-        use_fp16=teacher.use_fp16,
-        sigma_min=teacher.sigma_min,
-        sigma_max=teacher.sigma_max,
-        sigma_data=teacher.sigma_data,
-        model_type=teacher.model_type,
-        **kw,
-    )
+    net = build_precond("d2o", kw)
     net.load_state_dict(teacher.state_dict(), strict=True)
     return OneStepGenerator(net.to(next(teacher.parameters()).device), sigma=sigma)
 
@@ -450,14 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{info['generator_trainable']:,} trainable  D {info.get('discriminator_trainable', 0):,} trainable"
         )
         log(str(task.freeze))
-        options = LoopOptions(
-            total_kimg=cfg["duration"],
-            batch_size=cfg["batch"],
-            tick_kimg=cfg["tick"],
-            snapshot_ticks=cfg["snap"],
-            snapshot_minutes=cfg["snap_minutes"],
-            seed=cfg["seed"],
-        )
+        options = LoopOptions.from_run_config(cfg)
         progress = run_training(
             task, stream, options, world, run_dir, resume=bool(args.resume), max_steps=args.max_steps
         )

@@ -57,6 +57,18 @@ class LoopOptions:
     keep_model_snapshots: bool = True  # a model dir per snapshot, for FD-versus-images curves
     seed: int = 0
 
+    @classmethod
+    def from_run_config(cls, cfg: dict[str, Any]) -> LoopOptions:
+        """The loop's options from a run's config.json (the keys pretrain and finetune share)."""
+        return cls(
+            total_kimg=cfg["duration"],
+            batch_size=cfg["batch"],
+            tick_kimg=cfg["tick"],
+            snapshot_ticks=cfg["snap"],
+            snapshot_minutes=cfg["snap_minutes"],
+            seed=cfg["seed"],
+        )
+
 
 # ---------------------------------------------------------------- run dirs
 

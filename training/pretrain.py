@@ -191,14 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_dir = open_run_dir(cfg, world, {"parameters": count_parameters(task.net)})
         if world.is_main:
             print(f"Run dir: {run_dir}  parameters: {count_parameters(task.net):,}  world size: {world.world_size}")
-        options = LoopOptions(
-            total_kimg=cfg["duration"],
-            batch_size=cfg["batch"],
-            tick_kimg=cfg["tick"],
-            snapshot_ticks=cfg["snap"],
-            snapshot_minutes=cfg["snap_minutes"],
-            seed=cfg["seed"],
-        )
+        options = LoopOptions.from_run_config(cfg)
         progress = run_training(
             task, stream, options, world, run_dir, resume=bool(args.resume), max_steps=args.max_steps
         )
