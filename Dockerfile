@@ -47,8 +47,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     ONESTEP_WORKERS=1 \
     ONESTEP_MODELS_DIR=/app/models \
     ONESTEP_DEFAULT_MODEL=fmnist-d2o \
-    ONESTEP_BACKEND=torch \
-    OMP_WAIT_POLICY=PASSIVE
+    ONESTEP_BACKEND=torch
 USER 10001:10001
 EXPOSE 8000
 # No curl in the slim image: the standard library does the probe. Start period covers model load and warm-up.

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import uvicorn
 
-# Spinning OpenMP workers burn the CPU the event loop and encoders need on small shared machines; must be set
-# before torch (imported by the app) starts its thread pool. An explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import uvicorn  # noqa: E402
-
-from service.config import Settings  # noqa: E402
+from service.config import Settings
 
 
 def main() -> None:

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for the torch backend; unset keeps torch's default."
     )
+    torch_jit: bool = Field(
+        True,
+        description="Trace the torch backend's generator with TorchScript at load (checked against eager): the "
+        "forward then runs in C++ without re-taking the GIL for every op, so request handling and encoding cannot "
+        "stall it.",
+    )
     ort_intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads; unset lets ONNX Runtime choose."
     )

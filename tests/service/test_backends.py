@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +14,12 @@ import pytest
 import torch
 
 from service.backends import BackendError, create_backend
+from service.backends.torch import trace_generator
 from service.config import Settings
-from tests.service.conftest import COND, UNCOND, LiveServer
+from tests.service.conftest import COND, UNCOND, LiveServer, make_generator
 from tests.service.helpers import decode_json_images, max_diff
 from training.checkpoint import read_config
+from training.precond import OneStepGenerator
 
 
 def build(name: str, model_dir: Path, **settings: object):
@@ -32,6 +35,32 @@ def test_torch_images_do_not_depend_on_the_batch(models_dir: Path) -> None:
     assert max_diff(batch[2], alone[0]) <= 1
     rgb = build("torch", models_dir / UNCOND).generate([1, 2], None)
     assert rgb.shape == (2, 8, 8, 3)
+
+
+def test_torchscript_trace_equals_eager(models_dir: Path) -> None:
+    for name, labels in ((COND, [3, 1, 4, 1, 5]), (UNCOND, None)):
+        traced, eager = build("torch", models_dir / name), build("torch", models_dir / name, torch_jit=False)
+        assert isinstance(traced.model, torch.jit.ScriptModule)
+        assert not isinstance(eager.model, torch.jit.ScriptModule)
+        seeds = [9, 8, 7, 6, 5]
+        assert np.array_equal(traced.generate(seeds, labels), eager.generate(seeds, labels))
+
+
+class BatchDependentGenerator(OneStepGenerator):
+    """A forward whose Python branch on the batch size a trace would freeze: the parity check must catch it."""
+
+    def forward(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(z, class_labels)
+        return out if z.shape[0] == 2 else -out
+
+
+def test_trace_that_disagrees_with_eager_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    base = make_generator(16, 1, 10)
+    model = BatchDependentGenerator(base.denoiser)
+    with caplog.at_level(logging.WARNING):
+        served = trace_generator(model, torch.device("cpu"))
+    assert served is model
+    assert "differs from eager" in caplog.text
 
 
 def test_padding_to_preferred_sizes_keeps_pixels(models_dir: Path) -> None:
