@@ -278,7 +278,11 @@ def train_classifier(
         "images_seen": min(step * options.batch_size, options.epochs * len(train)),
         "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "options": {k: v for k, v in asdict(options).items() if k not in ("max_steps", "log_every")},
+        "options": {
+            **{k: v for k, v in asdict(options).items() if k not in ("max_steps", "log_every")},
+            # Only the directory's name: a config must not carry the training machine's paths.
+            "init": None if options.init is None else Path(options.init).name,
+        },
     }
     if test is not None:
         summary["test_accuracy"] = round(accuracy(model, test), 4)
