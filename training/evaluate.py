@@ -36,6 +36,7 @@ from training.classifier import (
     train_classifier,
 )
 from training.metrics import SetMetrics, compare
+from training.pretrain import export_state_snapshot
 from training.sampling import heun_steps_for_nfe, sample, seeded_noise
 from training.spectra import SpectrumAccumulator
 
@@ -114,6 +115,8 @@ def resolve_source(spec: str) -> Source:
     if not path.exists():
         raise CheckpointError(f"--model {spec}: {path} does not exist")
     run_dir, snapshots = None, []
+    if not is_run_dir(path) and path.is_dir():
+        export_state_snapshot(path)  # a pre-training run dir that holds only its resumable state
     if is_run_dir(path):
         run_dir, snapshots = path, snapshot_dirs(path)
         if not snapshots:

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training.checkpoint import save_model
+from training.checkpoint import CheckpointError, load_state, read_json_object, save_model
 from training.configs import NETWORK_CONFIGS, network_config
 from training.datasets import BatchStream, open_dataset
 from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
 from training.ema import EMA
-from training.loop import LoopOptions, open_run_dir, resolve_run_config, run_training
+from training.loop import STATE_NAME, LoopOptions, open_run_dir, resolve_run_config, run_training
 from training.losses import EDMLoss
 from training.precond import EDMPrecond, count_parameters
 from training.sampling import sample, seeded_noise
@@ -176,6 +176,32 @@ def build_task(cfg: dict[str, Any], world: World) -> tuple[PretrainTask, BatchSt
         dataset, cfg["batch"], seed=cfg["seed"], rank=world.rank, world_size=world.world_size, xflip=cfg["xflip"]
     )
     return PretrainTask(net, world, cfg), stream
+
+
+def export_state_snapshot(run_dir: str | Path) -> Path | None:
+    """Write ``network-snapshot-KKKKKK`` (EMA weights) from a pre-training run's ``training-state.pt``.
+
+    A fresh clone holds only the teacher's resumable state and run config (runs/README.md), while fine-tuning,
+    pair making and evaluation read model dirs; this rebuilds the network from the run config and exports it.
+    Returns the new model dir, or None when ``run_dir`` is not a pre-training run dir with a state.
+    """
+    run_dir = Path(run_dir)
+    state_path, config_path = run_dir / STATE_NAME, run_dir / "config.json"
+    if not (state_path.is_file() and config_path.is_file()):
+        return None
+    cfg = read_json_object(config_path, "a pre-training run dir holds its run config.json")
+    if "kind" in cfg or "teacher" in cfg or "arch" not in cfg:  # a model dir, or a fine-tune run
+        return None
+    task, _ = build_task(dict(cfg), World())
+    state = load_state(state_path)
+    try:
+        task.load_state_dict(state["task"])
+        images_seen = int(state["progress"]["images_seen"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{state_path}: does not fit the network of {config_path} ({e})") from e
+    out = run_dir / f"network-snapshot-{images_seen // 1000:06d}"
+    task.export_model(out, images_seen)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 from training.checkpoint import CheckpointError, load_model, load_state, read_config
 from training.loop import STATE_NAME
 from training.precond import EDMPrecond
+from training.pretrain import export_state_snapshot
 
 SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)$")
 
@@ -55,8 +56,9 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
     """The teacher denoiser (EMA weights) behind ``path``, frozen and in eval mode.
 
     ``path`` is a model dir of kind ``denoiser`` or a pre-training run dir. For a run dir the latest
-    ``network-snapshot-*`` gives the architecture; when ``training-state.pt`` is newer than that snapshot, its EMA
-    weights (``state['task']['ema']``) are used instead.
+    ``network-snapshot-*`` gives the architecture (one is exported from ``training-state.pt`` first where the
+    run dir holds none, as a fresh clone's teacher does); when ``training-state.pt`` is newer than that snapshot,
+    its EMA weights (``state['task']['ema']``) are used instead.
     """
     path = Path(path)
     if not path.is_dir():
@@ -65,7 +67,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
     if _is_model_dir(path):
         model_dir = path
     else:
-        model_dir = latest_snapshot(path)
+        model_dir = latest_snapshot(path) or export_state_snapshot(path)
         if model_dir is None:
             raise CheckpointError(
                 f"--teacher {path}: neither a model dir (config.json of a model) nor a run dir with network-snapshot-*"

@@ -174,3 +174,25 @@ def test_ddp_two_cpu_processes_match_the_global_batch(tmp_path):
         assert torch.allclose(r0[k], single[k], atol=1e-5, rtol=1e-4), f"DDP differs from single process at {k}"
     stats = (ddp_dir / "runs" / "00000-synthetic-tiny" / "stats.jsonl").read_text().splitlines()
     assert json.loads(stats[-1])["kimg"] == pytest.approx(0.024)  # 3 steps x global batch 8
+
+
+def test_state_only_run_dir_exports_its_ema_for_teacher_and_evaluate(tmp_path):
+    """A fresh clone carries a teacher's training-state.pt and config.json only (runs/README.md)."""
+    import shutil
+
+    from training.evaluate import resolve_source
+    from training.teacher import load_teacher
+
+    run_dir = Path(run(tmp_path, "--max-steps", "4")["run_dir"])
+    for snap in run_dir.glob("network-snapshot-*"):
+        shutil.rmtree(snap)
+    state = load_state(run_dir / STATE_NAME)
+    teacher = load_teacher(run_dir)
+    assert teacher.info["snapshot"] == "network-snapshot-000000"
+    assert teacher.info["images_seen"] == state["progress"]["images_seen"] == 32
+    for name, value in teacher.net.state_dict().items():
+        assert torch.equal(value, state["task"]["ema"][name]), name
+    shutil.rmtree(run_dir / "network-snapshot-000000")
+    source = resolve_source(f"teacher={run_dir}")
+    assert source.kind == "denoiser" and source.model_dir.name == "network-snapshot-000000"
+    assert pretrain.export_state_snapshot(tmp_path) is None  # not a run dir
