@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -32,33 +33,47 @@ def to_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
     return (x * 127.5 + 128).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def trace_generator(model: OneStepGenerator, device: torch.device, atol: float = 1e-5) -> torch.nn.Module:
-    """TorchScript trace of ``model``, checked against eager at batch sizes other than the traced one.
+def compile_generator(
+    model: OneStepGenerator, device: torch.device, *, jit: bool, channels_last: bool, atol: float = 1e-5
+) -> torch.nn.Module:
+    """``model`` in channels-last layout and/or traced with TorchScript, checked against the eager model as loaded.
 
     Eager PyTorch re-takes the GIL between ops; a U-Net forward has hundreds of them, and each can wait for the
-    event loop or an encoder thread to let the GIL go. A traced graph runs from start to end in C++. Falls back
-    to the eager model (with a warning) when tracing fails or the trace disagrees with eager.
+    event loop or an encoder thread to let the GIL go. A traced graph runs from start to end in C++. Channels-last
+    weights (inputs are converted in :meth:`TorchBackend.run`) let oneDNN and cuDNN pick their NHWC kernels.
+    The check runs at batch sizes other than the traced one; on any failure or disagreement the eager model, as
+    loaded, is served (with a warning).
     """
+    if not (jit or channels_last):
+        return model
     conditional = model.label_dim > 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def example(n: int) -> tuple[torch.Tensor, ...]:
         z = torch.randn(n, *model.img_shape, generator=torch.Generator().manual_seed(n)).to(device)
         return (z, (torch.arange(n) % model.label_dim).to(device)) if conditional else (z,)
 
+    def in_layout(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (args[0].contiguous(memory_format=memory_format), *args[1:])
+
+    model = model.eval()
+    with torch.inference_mode(False), torch.no_grad():
+        reference = {n: (example(n), model(*example(n))) for n in (1, 3)}
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # Tracer and deprecation warnings: shapes and constants are checked below instead.
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model.eval(), example(2), check_trace=False)
-            for n in (1, 3):
-                args = example(n)
-                err = (traced(*args) - model(*args)).abs().max().item()
+            candidate = copy.deepcopy(model).to(memory_format=memory_format)
+            if jit:
+                candidate = torch.jit.trace(candidate, in_layout(example(2)), check_trace=False)
+            for n, (args, expected) in reference.items():
+                err = (candidate(*in_layout(args)) - expected).abs().max().item()
                 if not err <= atol:
-                    raise BackendError(f"the trace differs from eager by {err:.3g} at batch {n}")
+                    raise BackendError(f"it differs from eager by {err:.3g} at batch {n}")
     except Exception as exc:  # noqa: BLE001 - any failure means: serve the eager model
-        log.warning("TorchScript trace not used (%s); serving the eager model", exc)
+        log.warning("generator with jit=%s channels_last=%s not used (%s); serving eager", jit, channels_last, exc)
         return model
-    return traced
+    return candidate
 
 
 class TorchBackend(Backend):
@@ -72,11 +87,14 @@ class TorchBackend(Backend):
         model = load_model(model_dir, device=self.device)
         if not isinstance(model, OneStepGenerator):
             raise BackendError(f"{model_dir}: not a one-step generator")
-        self.model: torch.nn.Module = trace_generator(model, self.device) if settings.torch_jit else model
+        self.memory_format = torch.channels_last if settings.torch_channels_last else torch.contiguous_format
+        self.model: torch.nn.Module = compile_generator(
+            model, self.device, jit=settings.torch_jit, channels_last=settings.torch_channels_last
+        )
 
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode():
-            zt = torch.as_tensor(z).to(self.device, non_blocking=True)
+            zt = torch.as_tensor(z).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             lt = None if labels is None else torch.from_numpy(labels).to(self.device, non_blocking=True)
             out = self.model(zt, lt) if lt is not None else self.model(zt)
             return to_uint8_nhwc(out).cpu().numpy()

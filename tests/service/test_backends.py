@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from service.backends import BackendError, create_backend
-from service.backends.torch import trace_generator
+from service.backends.torch import compile_generator
 from service.config import Settings
 from tests.service.conftest import COND, UNCOND, LiveServer, make_generator
 from tests.service.helpers import decode_json_images, max_diff
@@ -39,11 +39,22 @@ def test_torch_images_do_not_depend_on_the_batch(models_dir: Path) -> None:
 
 def test_torchscript_trace_equals_eager(models_dir: Path) -> None:
     for name, labels in ((COND, [3, 1, 4, 1, 5]), (UNCOND, None)):
-        traced, eager = build("torch", models_dir / name), build("torch", models_dir / name, torch_jit=False)
+        traced = build("torch", models_dir / name, torch_channels_last=False)
+        eager = build("torch", models_dir / name, torch_jit=False, torch_channels_last=False)
         assert isinstance(traced.model, torch.jit.ScriptModule)
         assert not isinstance(eager.model, torch.jit.ScriptModule)
         seeds = [9, 8, 7, 6, 5]
         assert np.array_equal(traced.generate(seeds, labels), eager.generate(seeds, labels))
+
+
+def test_channels_last_matches_eager_within_a_level(models_dir: Path) -> None:
+    served = build("torch", models_dir / COND)  # the defaults: traced and channels-last
+    eager = build("torch", models_dir / COND, torch_jit=False, torch_channels_last=False)
+    assert isinstance(served.model, torch.jit.ScriptModule)
+    weight = next(p for p in served.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    seeds, labels = [9, 8, 7, 6, 5], [3, 1, 4, 1, 5]
+    assert max_diff(served.generate(seeds, labels), eager.generate(seeds, labels)) <= 1
 
 
 class BatchDependentGenerator(OneStepGenerator):
@@ -58,7 +69,7 @@ def test_trace_that_disagrees_with_eager_falls_back(caplog: pytest.LogCaptureFix
     base = make_generator(16, 1, 10)
     model = BatchDependentGenerator(base.denoiser)
     with caplog.at_level(logging.WARNING):
-        served = trace_generator(model, torch.device("cpu"))
+        served = compile_generator(model, torch.device("cpu"), jit=True, channels_last=False)
     assert served is model
     assert "differs from eager" in caplog.text
 
