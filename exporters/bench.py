@@ -120,28 +120,42 @@ def ort_runners(onnx_path: Path, threads: Sequence[int]) -> dict[str, OnnxRunner
     }
 
 
+def served_torch_variants(generator: OneStepGenerator) -> dict[str, tuple[torch.nn.Module, torch.memory_format]]:
+    """The torch service backend's forms of ``generator`` (``service.backends.torch``), each checked against eager."""
+    from service.backends.torch import compile_generator
+
+    cpu = torch.device("cpu")
+    return {
+        "torch traced": (compile_generator(generator, cpu, jit=True, channels_last=False), torch.contiguous_format),
+        "torch traced+NHWC": (compile_generator(generator, cpu, jit=True, channels_last=True), torch.channels_last),
+    }
+
+
 def cpu_candidates(
     generator: OneStepGenerator,
     runners: dict[str, OnnxRunner],
     z: np.ndarray,
     labels: np.ndarray | None,
     threads: Sequence[int],
+    torch_variants: dict[str, tuple[torch.nn.Module, torch.memory_format]] | None = None,
 ) -> dict[str, tuple]:
     cands: dict[str, tuple] = {}
-    zt = torch.from_numpy(z)
     lt = None if labels is None else torch.from_numpy(labels)
+    variants = {"torch eager": (generator, torch.contiguous_format), **(torch_variants or {})}
     for n in threads:
+        for backend, (module, memory_format) in variants.items():
+            zt = torch.from_numpy(z).contiguous(memory_format=memory_format)
 
-        def setup_torch(n: int = n):
-            torch.set_num_threads(n)
+            def setup_torch(n: int = n, module: torch.nn.Module = module, zt: torch.Tensor = zt):
+                torch.set_num_threads(n)
 
-            def fn():
-                with torch.inference_mode():
-                    return generator(zt, lt).clamp(-1, 1)
+                def fn():
+                    with torch.inference_mode():
+                        return module(zt, lt).clamp(-1, 1)
 
-            return fn
+                return fn
 
-        cands[f"torch eager|threads={n}"] = (setup_torch, None)
+            cands[f"{backend}|threads={n}"] = (setup_torch, None)
     for setting, runner in runners.items():
 
         def setup_ort(r: OnnxRunner = runner):
@@ -194,16 +208,19 @@ def run_bench(
     rounds: int = 3,
     gpu: bool = False,
     plan: Path | None = None,
+    torch_served: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[Result]:
+    """``torch_served`` adds the service's torch forms (TorchScript trace, and trace with channels-last)."""
     generator = load_model(model_dir)
     assert isinstance(generator, OneStepGenerator)
     results: list[Result] = []
     runners = ort_runners(onnx_path, threads)
     torch_threads = torch.get_num_threads()
+    variants = served_torch_variants(generator) if torch_served else None
     for batch in batches:
         z, labels = seeded_inputs(generator.img_shape, generator.label_dim, batch, seed=batch)
-        cands = cpu_candidates(generator, runners, z, labels, threads)
+        cands = cpu_candidates(generator, runners, z, labels, threads, variants)
         for name, times in measure(cands, seconds=seconds, rounds=rounds).items():
             backend, setting = name.split("|")
             results.append(summarize(backend, setting, batch, times))
@@ -230,10 +247,12 @@ def best_per_backend(results: Sequence[Result]) -> dict[tuple[str, int], Result]
 def format_table(results: Sequence[Result], *, all_settings: bool = False) -> str:
     best = best_per_backend(results)
     rows = results if all_settings else sorted(best.values(), key=lambda r: (r.batch, r.backend))
-    lines = [f"{'backend':<12} {'best setting':<26} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9}"]
+    width = max([12, *(len(r.backend) for r in rows)])
+    lines = [f"{'backend':<{width}} {'best setting':<26} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'images/s':>9}"]
     for r in rows:
         lines.append(
-            f"{r.backend:<12} {r.setting:<26} {r.batch:>5} {r.latency_ms:>9.2f} {r.p90_ms:>9.2f} {r.images_per_s:>9.1f}"
+            f"{r.backend:<{width}} {r.setting:<26} {r.batch:>5} {r.latency_ms:>9.2f} {r.p90_ms:>9.2f} "
+            f"{r.images_per_s:>9.1f}"
         )
     batches = sorted({r.batch for r in results})
     if any(("torch eager", b) in best and ("onnxruntime", b) in best for b in batches):
@@ -278,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gpu", action="store_true", help="also time torch CUDA (and --plan) when CUDA is available")
     p.add_argument("--plan", type=Path, help="TensorRT plan to time with --gpu")
+    p.add_argument(
+        "--torch-served",
+        action="store_true",
+        help="also time the torch service backend's forms: TorchScript trace, and trace with channels-last",
+    )
     p.add_argument("--all", action="store_true", help="print every setting, not only the best per backend")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     args = p.parse_args(argv)
@@ -315,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             gpu=gpu,
             plan=args.plan,
+            torch_served=args.torch_served,
             progress=lambda m: print(m, file=sys.stderr, flush=True),
         )
     print(format_table(results, all_settings=args.all))

@@ -27,3 +27,11 @@ def test_run_bench_reports_every_backend_and_ratio(tiny_dir: Path, tiny_onnx: Pa
     table = format_table(results)
     assert "onnxruntime / torch eager images/s: b1: " in table and "b4: " in table
     assert len(table.splitlines()) == 1 + 4 + 1  # header, best of 2 backends x 2 batches, ratios
+
+
+def test_torch_served_adds_the_service_forms(tiny_dir: Path, tiny_onnx: Path):
+    results = run_bench(tiny_dir, tiny_onnx, batches=(2,), threads=(1,), seconds=0.05, rounds=1, torch_served=True)
+    backends = {r.backend for r in results}
+    assert {"torch eager", "torch traced", "torch traced+NHWC", "onnxruntime"} <= backends
+    table = format_table(results)
+    assert "torch traced+NHWC" in table and len(table.splitlines()) == 1 + 4 + 1
