@@ -6,6 +6,8 @@ Rerun with ``--resume runs/NNNNN-...`` to continue a run exactly where its last 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +194,8 @@ def export_state_snapshot(run_dir: str | Path) -> Path | None:
     cfg = read_json_object(config_path, "a pre-training run dir holds its run config.json")
     if "kind" in cfg or "teacher" in cfg or "arch" not in cfg:  # a model dir, or a fine-tune run
         return None
-    task, _ = build_task(dict(cfg), World())
+    with torch.random.fork_rng(devices=[]):  # build_task seeds torch; callers keep their RNG state
+        task, _ = build_task(dict(cfg), World())
     state = load_state(state_path)
     try:
         task.load_state_dict(state["task"])
@@ -200,7 +203,15 @@ def export_state_snapshot(run_dir: str | Path) -> Path | None:
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{state_path}: does not fit the network of {config_path} ({e})") from e
     out = run_dir / f"network-snapshot-{images_seen // 1000:06d}"
-    task.export_model(out, images_seen)
+    # Written beside and renamed into place, so that DDP ranks exporting at once never see half a model dir.
+    tmp = run_dir / f".{out.name}.tmp-{os.getpid()}"
+    task.export_model(tmp, images_seen)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process exported the same state first
     return out
 
 

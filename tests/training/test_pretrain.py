@@ -187,6 +187,14 @@ def test_state_only_run_dir_exports_its_ema_for_teacher_and_evaluate(tmp_path):
     for snap in run_dir.glob("network-snapshot-*"):
         shutil.rmtree(snap)
     state = load_state(run_dir / STATE_NAME)
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    exported = pretrain.export_state_snapshot(run_dir)
+    assert torch.equal(torch.get_rng_state(), rng)  # building the network does not reseed the caller
+    assert exported == run_dir / "network-snapshot-000000"
+    assert pretrain.export_state_snapshot(run_dir) == exported  # a second export (another rank) is harmless
+    assert not list(run_dir.glob(".network-snapshot-*"))  # no temporary dir left behind
+    shutil.rmtree(exported)
     teacher = load_teacher(run_dir)
     assert teacher.info["snapshot"] == "network-snapshot-000000"
     assert teacher.info["images_seen"] == state["progress"]["images_seen"] == 32
