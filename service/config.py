@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     torch_channels_last: bool = Field(
         True,
         description="Run the torch backend's convolutions on channels-last (NHWC) tensors; on CPU oneDNN's NHWC "
-        "kernels gave ~20% more images/s at batch 1 and 32 (docs/benchmarks.md).",
+        "kernels gave 15% more images/s than the trace alone at batch 1 and 40% at batch 32 (docs/benchmarks.md).",
     )
     ort_intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads; unset lets ONNX Runtime choose."

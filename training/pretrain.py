@@ -198,7 +198,7 @@ def export_state_snapshot(run_dir: str | Path) -> Path | None:
         task, _ = build_task(dict(cfg), World())
     state = load_state(state_path)
     try:
-        task.load_state_dict(state["task"])
+        task.ema.net.load_state_dict(state["task"]["ema"])  # the exported weights; net and optimizer are unused
         images_seen = int(state["progress"]["images_seen"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{state_path}: does not fit the network of {config_path} ({e})") from e

@@ -58,7 +58,7 @@ def compile_generator(
 
     model = model.eval()
     with torch.inference_mode(False), torch.no_grad():
-        reference = {n: (example(n), model(*example(n))) for n in (1, 3)}
+        reference = {n: (args, model(*args)) for n in (1, 3) for args in [example(n)]}
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # Tracer and deprecation warnings: shapes and constants are checked below instead.
