@@ -13,6 +13,8 @@ With ``--models-dir`` the same model is then loaded in this process with the sam
 ``Backend.run`` is timed at the batch sizes the batcher formed: the raw throughput and CPU time per image
 that the ratios of the performance targets (issue 6) compare against. ``--spawn`` starts the server itself
 (``python -m service`` on a free loopback port), and also a ``max_batch_size=1`` server for the batching gain.
+``--repeat N`` runs all of it N times back to back and also judges each target by its median round, since a
+shared host's speed drifts between the measurements one ratio divides.
 
 Loopback only unless ``--allow-remote``; every level is bounded in time (``--duration``, at most 600 s) and in
 requests (``--max-requests``).
@@ -54,6 +56,7 @@ from service.loadgen import (
 MAX_DURATION_S = 600.0
 MAX_CONCURRENCY = 1024
 MAX_LEVELS = 32
+MAX_REPEAT = 20
 
 
 # ---------------------------------------------------------------- guards
@@ -315,6 +318,7 @@ class Target:
     limit: float | None
     ok: bool | None
     detail: str
+    le: bool = True  # passes when value <= limit (else value >= limit)
 
 
 def _level(levels: Sequence[LevelResult], conc: int, ipr: int, label: str = "") -> LevelResult | None:
@@ -330,8 +334,8 @@ def _level(levels: Sequence[LevelResult], conc: int, ipr: int, label: str = "") 
 
 def _check(name: str, value: float | None, limit: float | None, le: bool, detail: str) -> Target:
     if value is None or limit is None:
-        return Target(name, value, limit, None, detail + " (not measured)")
-    return Target(name, value, limit, value <= limit if le else value >= limit, detail)
+        return Target(name, value, limit, None, detail + " (not measured)", le)
+    return Target(name, value, limit, value <= limit if le else value >= limit, detail, le)
 
 
 def evaluate_targets(
@@ -678,6 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the levels the issue-6 targets need: c=1, c=32 (1 img/req), c=4 (16 img/req)",
     )
     p.add_argument("--target-concurrency", type=int, default=32)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything (levels, baseline, raw) this many times back to back and judge each target by its "
+        "median round: on a host whose speed drifts, one round's ratios inherit the drift",
+    )
     return p
 
 
@@ -725,6 +736,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         raise BenchError("give --url (or --spawn --models-dir DIR)")
     if args.url:
         check_loopback(args.url, args.allow_remote)
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise BenchError(f"--repeat must be in 1..{MAX_REPEAT}")
     levels = plan_levels(args)
     warmup = args.warmup if args.warmup is not None else min(2.0, max(0.5, args.duration / 10))
     plan = Plan(levels, args.duration, warmup, args.max_requests, args.model, args.format, args.client)
@@ -735,17 +748,72 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         "machine": machine_info(),
         "plan": asdict(plan),
     }
+    rounds: list[Round] = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"round {i + 1} of {args.repeat}", file=log, flush=True)
+        rounds.append(run_round(args, plan, log))
+    last = rounds[-1]
+    backend = last.backend
+    report["server"] = last.server
+    report["levels"] = [asdict(lv) for lv in last.levels]
+    report["raw"] = None if last.raw is None else _raw_json(last.raw)
+    report["targets"] = [asdict(t) for t in last.targets]
+    if args.repeat > 1:
+        report["rounds"] = [
+            {
+                "levels": [asdict(lv) for lv in r.levels],
+                "raw": None if r.raw is None else _raw_json(r.raw),
+                "targets": [asdict(t) for t in r.targets],
+            }
+            for r in rounds
+        ]
+        report["targets_median"] = [asdict(t) for t in median_targets([r.targets for r in rounds])]
+    print(
+        f"\nmodel {last.server['model']} on {backend}; server CPU from {last.server['cpu_source']}; "
+        f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']})"
+    )
+    for i, r in enumerate(rounds):
+        if args.repeat > 1:
+            print(f"\n== round {i + 1} of {args.repeat}")
+        print(format_table(r.levels))
+        if r.raw is not None:
+            print()
+            print(format_raw(r.raw))
+        print()
+        print(format_targets(r.targets))
+    if args.repeat > 1:
+        print(f"\n== targets over {args.repeat} rounds (median value against median limit)")
+        print(format_targets(median_targets([r.targets for r in rounds])))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if any(lv.requests == 0 for r in rounds for lv in r.levels) else 0
+
+
+@dataclass
+class Round:
+    """One pass of every level, the baseline server and the raw backend, back to back."""
+
+    server: dict[str, Any]
+    backend: str
+    levels: list[LevelResult]
+    raw: RawResult | None
+    targets: list[Target]
+
+
+def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
     levels_out: list[LevelResult] = []
     if args.spawn:
-        max_ipr = max(i for _, i in levels)
-        queue = max(256, 2 * max(c * i for c, i in levels), 2 * max_ipr)
+        max_ipr = max(i for _, i in plan.levels)
+        queue = max(256, 2 * max(c * i for c, i in plan.levels), 2 * max_ipr)
         with _spawned(args, args.max_batch_size, queue) as srv:
             print(f"spawned {srv.url} ({args.backend or 'torch'}, max_batch_size={args.max_batch_size})", file=log)
             results, server = asyncio.run(run_levels(srv.url, plan, srv.process.pid, log=log))
             levels_out += results
         if not args.no_baseline:
-            c = args.target_concurrency if args.targets else max(c for c, _ in levels)
-            base_plan = Plan([(c, 1)], args.duration, warmup, args.max_requests, args.model, args.format, args.client)
+            c = args.target_concurrency if args.targets else max(c for c, _ in plan.levels)
+            base_plan = Plan([(c, 1)], plan.duration, plan.warmup, plan.max_requests, plan.model, plan.fmt, plan.client)
             with _spawned(args, 1, queue) as srv:
                 print(f"spawned {srv.url} (max_batch_size=1 baseline)", file=log)
                 results, _ = asyncio.run(run_levels(srv.url, base_plan, srv.process.pid, "max_batch_size=1", log))
@@ -755,8 +823,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         results, server = asyncio.run(run_levels(args.url, plan, None, log=log))
         levels_out += results
         server["url"] = args.url
-    report["server"] = server
-    report["levels"] = [asdict(lv) for lv in levels_out]
     backend = args.backend or server.get("backend") or "torch"
     raw: RawResult | None = None
     if args.models_dir is not None and not args.no_raw:
@@ -764,27 +830,44 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         sizes = raw_sizes(levels_out, int(server.get("max_batch_size") or args.max_batch_size))
         print(f"raw {backend} backend at batch sizes {sizes} ...", file=log, flush=True)
         raw = measure_raw(model_dir, backend, sizes, args.threads, args.raw_seconds)
-        report["raw"] = {
-            "backend": raw.backend,
-            "threads": raw.threads,
-            "points": [asdict(p) for p in raw.points.values()],
-        }
     targets = evaluate_targets(levels_out, raw, backend, args.target_concurrency, big_request_level(args))
-    report["targets"] = [asdict(t) for t in targets]
-    print(
-        f"\nmodel {server['model']} on {backend}; server CPU from {server['cpu_source']}; "
-        f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']})"
-    )
-    print(format_table(levels_out))
-    if raw is not None:
-        print()
-        print(format_raw(raw))
-    print()
-    print(format_targets(targets))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 1 if any(lv.requests == 0 for lv in levels_out) else 0
+    return Round(server, backend, levels_out, raw, targets)
+
+
+def _raw_json(raw: RawResult) -> dict[str, Any]:
+    return {"backend": raw.backend, "threads": raw.threads, "points": [asdict(p) for p in raw.points.values()]}
+
+
+def median_targets(rounds: Sequence[Sequence[Target]]) -> list[Target]:
+    """Each target's median value and limit over the rounds; it passes when the median round passes.
+
+    The host's speed drifts between rounds, so a target is judged by the median of its per-round
+    value/limit margin (limits such as raw latency + 3 ms move with the host too), not by any one round.
+    """
+    out = []
+    for first in rounds[0]:
+        same = [t for ts in rounds for t in ts if t.name == first.name]
+        measured = [t for t in same if t.value is not None and t.limit is not None and t.ok is not None]
+        values = [t.value for t in same if t.value is not None]
+        if not measured:
+            value = float(np.median(values)) if values else None
+            out.append(Target(first.name, value, first.limit, None, first.detail, first.le))
+            continue
+        margins = [t.value / t.limit if t.limit else float("inf") for t in measured]
+        margin = float(np.median(margins))
+        met = sum(bool(t.ok) for t in measured)
+        per_round = ", ".join(f"{t.value:.3g}" for t in measured)
+        out.append(
+            Target(
+                first.name,
+                float(np.median([t.value for t in measured])),
+                float(np.median([t.limit for t in measured])),
+                margin <= 1.0 if first.le else margin >= 1.0,
+                f"met in {met} of {len(measured)} rounds; per round {per_round}; median value/limit {margin:.3g}",
+                first.le,
+            )
+        )
+    return out
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ def test_cli_bounds() -> None:
     assert bench.main(["--url", "http://127.0.0.1:9", "--concurrency", "0"]) == 2
     assert bench.main(["--url", "http://127.0.0.1:9", "--concurrency", "1,x"]) == 2
     assert bench.main(["--spawn"]) == 2  # needs --models-dir
+    assert bench.main(["--url", "http://127.0.0.1:9", "--repeat", "0"]) == 2
 
 
 def test_raw_mix_interpolates_between_measured_sizes() -> None:
@@ -50,6 +51,23 @@ def test_raw_mix_interpolates_between_measured_sizes() -> None:
     ips, _ = raw.at_mix({2: 2})  # one batch of 2: 10 + (16 - 10) / 3 ms
     assert ips == pytest.approx(2 / 12.0 * 1000)
     assert bench.raw_sizes([], 32) == [1, 2, 4, 8, 16, 32]
+
+
+def test_median_targets_judge_by_the_median_round() -> None:
+    def rounds(*values: float) -> list[list[bench.Target]]:
+        return [
+            [bench._check("gain", v, 2.5, False, ""), bench._check("p99", 10 * v, 20.0 + v, True, "")] for v in values
+        ]
+
+    gain, p99 = bench.median_targets(rounds(2.2, 3.0, 2.6))
+    assert gain.value == pytest.approx(2.6) and gain.ok is True and gain.le is False
+    assert "met in 2 of 3 rounds" in gain.detail
+    assert p99.value == pytest.approx(26.0) and p99.limit == pytest.approx(22.6) and p99.ok is False
+    assert "met in 1 of 3 rounds" in p99.detail  # 22 <= 22.2 only
+    gain, _ = bench.median_targets(rounds(2.2, 2.4, 3.0))
+    assert gain.ok is False
+    missing = bench.median_targets([[bench._check("x", None, 1.0, True, "d")]] * 2)[0]
+    assert missing.ok is None and missing.value is None
 
 
 def test_bench_against_live_server(serve, models_dir: Path, tmp_path: Path) -> None:
@@ -70,11 +88,14 @@ def test_bench_against_live_server(serve, models_dir: Path, tmp_path: Path) -> N
         "1",
         "--raw-seconds",
         "0.2",
+        "--repeat",
+        "2",
         "--json",
         str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert "img/s" in proc.stdout and "latency c=1 p50" in proc.stdout
+    assert "round 2 of 2" in proc.stdout and "targets over 2 rounds" in proc.stdout
     report = json.loads(out.read_text())
     assert report["server"]["model"] == "tiny-cond" and report["server"]["backend"] == "torch"
     assert report["server"]["cpu_source"].startswith(("proc:", "metrics:"))
@@ -97,6 +118,10 @@ def test_bench_against_live_server(serve, models_dir: Path, tmp_path: Path) -> N
     targets = {t["name"]: t for t in report["targets"]}
     assert targets["latency c=1 p50"]["value"] == pytest.approx(levels[0]["latency_ms"]["p50"])
     assert targets["latency c=1 p50"]["ok"] in (True, False)
+    assert len(report["rounds"]) == 2 and report["rounds"][-1]["levels"] == levels
+    p50s = sorted(r["levels"][0]["latency_ms"]["p50"] for r in report["rounds"])
+    median = {t["name"]: t for t in report["targets_median"]}["latency c=1 p50"]
+    assert median["value"] == pytest.approx(sum(p50s) / 2) and "of 2 rounds" in median["detail"]
 
 
 @pytest.mark.slow
