@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads; unset lets ONNX Runtime choose."
     )
+    ort_allow_spinning: bool = Field(
+        True,
+        description="Let ONNX Runtime's intra-op threads spin between parallel sections (lower latency); turn off "
+        "where other busy processes share the cores.",
+    )
     encode_threads: int = Field(1, ge=1, description="Threads that encode images (PNG/JPEG/WebP) beside inference.")
     warmup: bool = Field(
         True, description="Run every batch size the batcher may use once before reporting ready (/readyz)."

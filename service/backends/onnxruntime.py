@@ -28,7 +28,12 @@ class OnnxRuntimeBackend(Backend):
             export_onnx(self.model_dir)
         if not path.is_file():
             raise BackendError(f"{path}: export did not produce the ONNX file")
-        self.session = onnx_session(path, intra_op_threads=settings.ort_intra_op_threads, denormal_as_zero=True)
+        self.session = onnx_session(
+            path,
+            intra_op_threads=settings.ort_intra_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
+            denormal_as_zero=True,
+        )
         names = {i.name for i in self.session.get_inputs()}
         if "z" not in names:
             raise BackendError(f"{path}: graph has no input 'z' (inputs: {sorted(names)})")

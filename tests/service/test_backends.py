@@ -100,6 +100,14 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> P
     return root
 
 
+def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
+    for allow, entry in ((True, "1"), (False, "0")):
+        backend = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1, ort_allow_spinning=allow)
+        options = backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        backend.close()
+
+
 @pytest.mark.slow
 def test_onnxruntime_matches_torch(onnx_models: Path) -> None:
     model_dir = onnx_models / COND
