@@ -759,6 +759,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     report["levels"] = [asdict(lv) for lv in last.levels]
     report["raw"] = None if last.raw is None else _raw_json(last.raw)
     report["targets"] = [asdict(t) for t in last.targets]
+    medians = median_targets([r.targets for r in rounds])
     if args.repeat > 1:
         report["rounds"] = [
             {
@@ -768,7 +769,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
             }
             for r in rounds
         ]
-        report["targets_median"] = [asdict(t) for t in median_targets([r.targets for r in rounds])]
+        report["targets_median"] = [asdict(t) for t in medians]
     print(
         f"\nmodel {last.server['model']} on {backend}; server CPU from {last.server['cpu_source']}; "
         f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']})"
@@ -784,7 +785,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         print(format_targets(r.targets))
     if args.repeat > 1:
         print(f"\n== targets over {args.repeat} rounds (each from its median round)")
-        print(format_targets(median_targets([r.targets for r in rounds])))
+        print(format_targets(medians))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
