@@ -5,8 +5,10 @@ A batch starts when it holds ``max_batch_size`` images or when its oldest reques
 queued or computing) runs at once, since no wait can help it. While a batch computes, new requests queue
 up and form the next one. Requests larger than a batch are split across batches and reassembled. Finished
 requests of a batch are encoded together in the encode pool (one hand-off per batch, not per request) while
-the next batch computes. Work of requests that were cancelled (client gone, deadline passed) is dropped
-before compute and never resolves a future twice (the bugs of Ray Serve #41057/#50046).
+the next batch computes; with ``encode_overlap`` off they are encoded on the inference thread before the next
+batch starts, for CPUs whose every core the runtime's intra-op threads already use. Work of requests that were
+cancelled (client gone, deadline passed) is dropped before compute and never resolves a future twice (the bugs
+of Ray Serve #41057/#50046).
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from functools import partial
 
 import numpy as np
 
-from service.backends.base import Backend
+from service.backends.base import Backend, usable_cpus
 from service.encode import encode_images
 from service.metrics import ModelMetrics
 
 log = logging.getLogger("service.batcher")
+
+
+def resolve_encode_overlap(mode: str, backend: Backend) -> bool:
+    """The ``encode_overlap`` setting for one backend: ``auto`` overlaps unless the runtime's threads fill the CPU."""
+    if mode in ("on", "off"):
+        return mode == "on"
+    threads = backend.cpu_threads
+    return threads is None or threads < usable_cpus()
 
 
 class QueueFull(Exception):
@@ -126,6 +136,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue_images: int,
         idle_dispatch: bool = True,
+        encode_overlap: bool = True,
     ):
         self.model = model
         self.backend = backend
@@ -139,6 +150,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_images = max_queue_images
         self.idle_dispatch = idle_dispatch
+        self.encode_overlap = encode_overlap
         self._computing = False
         self._compute_started = 0.0
         #: A batch running longer than this marks the batcher unhealthy (a hung GPU or runtime).
@@ -327,10 +339,17 @@ class Batcher:
                 if job.done >= job.n:
                     finished.append(job)
             pos += k
-        if finished:
+        if not finished:
+            return
+        if self.encode_overlap:
             # Not awaited: the next batch computes while these encode.
             encoded = loop.run_in_executor(self.encode_pool, self._encode, finished)
             encoded.add_done_callback(partial(_resolve, finished))
+        else:
+            # On the inference thread, before the next batch: no encoder competes with the runtime's threads.
+            encoded = loop.run_in_executor(self.executor, self._encode, finished)
+            encoded.add_done_callback(partial(_resolve, finished))
+            await asyncio.wait([encoded])
 
     def _encode(self, jobs: list[Job]) -> None:
         """Runs in the encode pool."""

@@ -803,6 +803,13 @@ class Round:
     targets: list[Target]
 
 
+def spawned_settings(env: dict[str, str]) -> dict[str, str]:
+    """The ONESTEP_* settings a spawned server ran with (its own and inherited), for the report; keys omitted."""
+    merged = {**os.environ, **env}
+    skip = {"ONESTEP_API_KEYS", "ONESTEP_PORT"}
+    return {k: merged[k] for k in sorted(merged) if k.startswith("ONESTEP_") and k not in skip}
+
+
 def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
     levels_out: list[LevelResult] = []
     if args.spawn:
@@ -812,6 +819,7 @@ def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
             print(f"spawned {srv.url} ({args.backend or 'torch'}, max_batch_size={args.max_batch_size})", file=log)
             results, server = asyncio.run(run_levels(srv.url, plan, srv.process.pid, log=log))
             levels_out += results
+            server["settings"] = spawned_settings(srv.env)
         if not args.no_baseline:
             c = args.target_concurrency if args.targets else max(c for c, _ in plan.levels)
             base_plan = Plan([(c, 1)], plan.duration, plan.warmup, plan.max_requests, plan.model, plan.fmt, plan.client)

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         "where other busy processes share the cores.",
     )
     encode_threads: int = Field(1, ge=1, description="Threads that encode images (PNG/JPEG/WebP) beside inference.")
+    encode_overlap: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Encode a batch's images in the encode threads while the next batch computes (on), or on the "
+        "inference thread between batches (off). auto: on, unless the backend computes on the CPU with as many "
+        "threads as the process has cores; there an encoder thread can only preempt a runtime thread mid-batch "
+        "(measured in docs/benchmarks.md). true/false are read as on/off.",
+    )
     warmup: bool = Field(
         True, description="Run every batch size the batcher may use once before reporting ready (/readyz)."
     )
@@ -118,6 +125,17 @@ class Settings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return _str_list(value)
+
+    @field_validator("encode_overlap", mode="before")
+    @classmethod
+    def _overlap_words(cls, value: object) -> object:
+        """Booleans (true/false, 1/0, yes/no) mean on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(word, word)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 
 from service.backends import Backend, create_backend
-from service.batcher import Batcher
+from service.batcher import Batcher, resolve_encode_overlap
 from service.config import Settings
 from service.metrics import Metrics
 from training.checkpoint import CONFIG_NAME, read_config
@@ -125,6 +125,7 @@ class ServiceState:
                 max_wait_ms=s.max_wait_ms,
                 max_queue_images=s.max_queue_images,
                 idle_dispatch=s.idle_dispatch,
+                encode_overlap=resolve_encode_overlap(s.encode_overlap, backend),
                 encode_pool=self.encode_pool,
                 observe_encode=self._observe_encode,
             )
@@ -132,7 +133,12 @@ class ServiceState:
             entry.batcher.start()
             entry.status = "ready"
             mm.ready.set(1)
-            log.info("model %s ready (%s)", entry.name, backend.name)
+            log.info(
+                "model %s ready (%s, encoding %s)",
+                entry.name,
+                backend.name,
+                "beside inference" if entry.batcher.encode_overlap else "between batches",
+            )
 
     def _observe_encode(self, fmt: str, seconds: float) -> None:
         child = self._encode_children.get(fmt)

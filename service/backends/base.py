@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,14 @@ import torch
 
 from service.config import Settings
 from training.sampling import seeded_noise
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which container CPU sets narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class BackendError(RuntimeError):
@@ -38,6 +47,11 @@ class Backend(ABC):
     @abstractmethod
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         """z [N,C,H,W] float32, labels int64 [N] (None for unconditional models) -> uint8 [N,H,W,C] numpy."""
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """CPU threads a batch keeps busy while it computes; None when it computes on a device (GPU)."""
+        return None
 
     def padded_size(self, n: int) -> int:
         sizes = self.preferred_batch_sizes

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.backends.base import Backend, BackendError
+from service.backends.base import Backend, BackendError, usable_cpus
 from service.config import Settings
 
 ONNX_NAME = "model.onnx"
@@ -39,6 +39,11 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"{path}: graph has no input 'z' (inputs: {sorted(names)})")
         self._with_labels = "class_labels" in names
         self._outputs = ["images_uint8"]
+
+    @property
+    def cpu_threads(self) -> int | None:
+        # CPU execution provider; unset, ONNX Runtime starts one intra-op thread per core.
+        return self.settings.ort_intra_op_threads or usable_cpus()
 
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         zn = z.numpy() if isinstance(z, torch.Tensor) else z

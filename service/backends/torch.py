@@ -92,6 +92,10 @@ class TorchBackend(Backend):
             model, self.device, jit=settings.torch_jit, channels_last=settings.torch_channels_last
         )
 
+    @property
+    def cpu_threads(self) -> int | None:
+        return torch.get_num_threads() if self.device.type == "cpu" else None
+
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode():
             zt = torch.as_tensor(z).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)

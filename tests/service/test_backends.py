@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from service.backends import BackendError, create_backend
+from service.backends.base import usable_cpus
 from service.backends.torch import compile_generator
+from service.batcher import resolve_encode_overlap
 from service.config import Settings
 from tests.service.conftest import COND, UNCOND, LiveServer, make_generator
 from tests.service.helpers import decode_json_images, max_diff
@@ -106,6 +108,22 @@ def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
         options = backend.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
         backend.close()
+
+
+def test_encode_overlap_auto_follows_the_cpu_threads(models_dir: Path, onnx_models: Path) -> None:
+    """auto: encode beside inference unless the runtime's CPU threads already fill every core."""
+    cores = usable_cpus()
+    torch_backend = build("torch", models_dir / COND)
+    assert torch_backend.cpu_threads == torch.get_num_threads() == 1
+    assert resolve_encode_overlap("auto", torch_backend) is (cores > 1)
+    ort_default = build("onnxruntime", onnx_models / COND)  # ONNX Runtime's own choice: one thread per core
+    assert ort_default.cpu_threads == cores and resolve_encode_overlap("auto", ort_default) is False
+    ort_one = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1)
+    assert resolve_encode_overlap("auto", ort_one) is (cores > 1)
+    for backend in (torch_backend, ort_default):
+        assert resolve_encode_overlap("on", backend) is True and resolve_encode_overlap("off", backend) is False
+    ort_default.close()
+    ort_one.close()
 
 
 @pytest.mark.slow

@@ -110,3 +110,55 @@ def test_a_hung_batch_marks_the_batcher_unhealthy(backend) -> None:
             await b.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_encode_overlap_chooses_the_thread_that_encodes(backend, overlap: bool) -> None:
+    """Overlap on: the encode pool encodes while the next batch computes; off: the inference thread does, first."""
+    threads: list[str] = []
+    starts: list[str] = []
+    original_generate = backend.generate
+
+    def generate(seeds, labels):
+        starts.append(f"compute {len(seeds)}")
+        return original_generate(seeds, labels)
+
+    async def go() -> None:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="infer") as infer,
+            ThreadPoolExecutor(1, thread_name_prefix="encode") as enc,
+        ):
+            b = Batcher(
+                COND,
+                copy.copy(backend),
+                infer,
+                Metrics().for_model(COND, "torch"),
+                encode_pool=enc,
+                max_batch_size=2,
+                max_wait_ms=10_000,
+                max_queue_images=10,
+                idle_dispatch=False,
+                encode_overlap=overlap,
+            )
+            b.backend.generate = generate
+            encode = b._encode
+
+            def traced_encode(jobs):
+                threads.append(threading.current_thread().name)
+                starts.append(f"encode {sum(j.n for j in jobs)}")
+                encode(jobs)
+
+            b._encode = traced_encode
+            far = time.perf_counter() + 60
+            jobs = [b.submit([s, s + 1], [0, 1], far) for s in (0, 10, 20)]
+            b.start()
+            await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 60)
+            await b.close()
+            for j in jobs:
+                assert len(j.blobs) == 2 and all(blob.startswith(b"iVBOR") for blob in j.blobs)  # base64 PNG
+
+    asyncio.run(go())
+    prefix = "encode" if overlap else "infer"
+    assert len(threads) == 3 and all(t.startswith(prefix) for t in threads), threads
+    if not overlap:  # strictly alternating: each batch is encoded before the next one computes
+        assert starts == ["compute 2", "encode 2"] * 3

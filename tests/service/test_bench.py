@@ -162,6 +162,9 @@ def test_bench_spawns_servers_for_targets(models_dir: Path, tmp_path: Path) -> N
     assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in report["levels"])
     assert report["levels"][-1]["batch_sizes"] == {"1": report["levels"][-1]["images"]}
     assert report["server"]["cpu_source"].startswith(("proc:", "metrics:"))
+    settings = report["server"]["settings"]  # what the spawned server ran with, for the record
+    assert settings["ONESTEP_BACKEND"] == "torch" and settings["ONESTEP_TORCH_THREADS"] == "1"
+    assert "ONESTEP_PORT" not in settings and "ONESTEP_API_KEYS" not in settings
     targets = {t["name"]: t for t in report["targets"]}
     for name in (
         "overhead c=4 1 img/req",

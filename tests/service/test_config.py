@@ -48,3 +48,18 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str,
         return
     with pytest.raises(ValidationError, match=name.removeprefix("ONESTEP_").lower()):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"), [("auto", "auto"), ("ON", "on"), ("off", "off"), ("true", "on"), ("0", "off"), ("no", "off")]
+)
+def test_encode_overlap_accepts_modes_and_booleans(monkeypatch: pytest.MonkeyPatch, raw: str, mode: str) -> None:
+    monkeypatch.setenv("ONESTEP_ENCODE_OVERLAP", raw)
+    assert Settings().encode_overlap == mode
+    assert Settings(encode_overlap=mode == "on").encode_overlap == ("on" if mode == "on" else "off")
+
+
+def test_encode_overlap_rejects_other_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONESTEP_ENCODE_OVERLAP", "sometimes")
+    with pytest.raises(ValueError, match="encode_overlap"):
+        Settings()
