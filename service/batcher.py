@@ -31,11 +31,16 @@ log = logging.getLogger("service.batcher")
 
 
 def resolve_encode_overlap(mode: str, backend: Backend) -> bool:
-    """The ``encode_overlap`` setting for one backend: ``auto`` overlaps unless the runtime's threads fill the CPU."""
+    """The ``encode_overlap`` setting for one backend.
+
+    ``auto`` overlaps unless the runtime's threads fill the CPU: then an encoder thread preempts one of them
+    mid-batch and the others wait for it. A runtime whose idle threads spin between runs (ONNX Runtime by default)
+    still overlaps, since encoding in the gap between batches would only give them longer to spin.
+    """
     if mode in ("on", "off"):
         return mode == "on"
     threads = backend.cpu_threads
-    return threads is None or threads < usable_cpus()
+    return threads is None or threads < usable_cpus() or backend.spins_between_runs
 
 
 class QueueFull(Exception):

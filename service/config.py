@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     encode_overlap: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Encode a batch's images in the encode threads while the next batch computes (on), or on the "
-        "inference thread between batches (off). auto: on, unless the backend computes on the CPU with as many "
-        "threads as the process has cores; there an encoder thread can only preempt a runtime thread mid-batch "
+        "inference thread between batches (off). auto: on, except for a CPU backend whose threads fill every core "
+        "and do not spin between runs (torch): there an encoder thread only preempts a runtime thread mid-batch "
         "(measured in docs/benchmarks.md). true/false are read as on/off.",
     )
     warmup: bool = Field(

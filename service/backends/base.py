@@ -53,6 +53,11 @@ class Backend(ABC):
         """CPU threads a batch keeps busy while it computes; None when it computes on a device (GPU)."""
         return None
 
+    @property
+    def spins_between_runs(self) -> bool:
+        """Whether the runtime's worker threads spin-wait after a run, so that a gap between batches burns CPU."""
+        return False
+
     def padded_size(self, n: int) -> int:
         sizes = self.preferred_batch_sizes
         if not sizes:

@@ -45,6 +45,10 @@ class OnnxRuntimeBackend(Backend):
         # CPU execution provider; unset, ONNX Runtime starts one intra-op thread per core.
         return self.settings.ort_intra_op_threads or usable_cpus()
 
+    @property
+    def spins_between_runs(self) -> bool:
+        return self.settings.ort_allow_spinning
+
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         zn = z.numpy() if isinstance(z, torch.Tensor) else z
         feeds: dict[str, np.ndarray] = {"z": zn}

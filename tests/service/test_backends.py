@@ -111,19 +111,23 @@ def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
 
 
 def test_encode_overlap_auto_follows_the_cpu_threads(models_dir: Path, onnx_models: Path) -> None:
-    """auto: encode beside inference unless the runtime's CPU threads already fill every core."""
+    """auto: encode beside inference unless the runtime's CPU threads fill every core and do not spin."""
     cores = usable_cpus()
     torch_backend = build("torch", models_dir / COND)
     assert torch_backend.cpu_threads == torch.get_num_threads() == 1
     assert resolve_encode_overlap("auto", torch_backend) is (cores > 1)
-    ort_default = build("onnxruntime", onnx_models / COND)  # ONNX Runtime's own choice: one thread per core
-    assert ort_default.cpu_threads == cores and resolve_encode_overlap("auto", ort_default) is False
-    ort_one = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1)
+    # ONNX Runtime's own choice: one thread per core; they spin between runs unless told not to.
+    ort_default = build("onnxruntime", onnx_models / COND)
+    assert ort_default.cpu_threads == cores and ort_default.spins_between_runs
+    assert resolve_encode_overlap("auto", ort_default) is True
+    ort_calm = build("onnxruntime", onnx_models / COND, ort_allow_spinning=False)
+    assert resolve_encode_overlap("auto", ort_calm) is False
+    ort_one = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1, ort_allow_spinning=False)
     assert resolve_encode_overlap("auto", ort_one) is (cores > 1)
     for backend in (torch_backend, ort_default):
         assert resolve_encode_overlap("on", backend) is True and resolve_encode_overlap("off", backend) is False
-    ort_default.close()
-    ort_one.close()
+    for backend in (ort_default, ort_calm, ort_one):
+        backend.close()
 
 
 @pytest.mark.slow
