@@ -28,23 +28,25 @@ from training.precond import EDMPrecond
 
 REF = Path(__file__).parent / "data" / "edm_reference"
 
+_SHARED = dict(img_resolution=16, img_channels=3, label_dim=10, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])
+_SONG = dict(_SHARED, model_type="SongUNet", model_channels=16, augment_dim=9, dropout=0.13, decoder_type="standard")
+# EDM's two SongUNet variants (DDPM++ and NCSN++) and ADM, each tiny.
 TINY = {
     "ddpmpp": dict(
-        img_resolution=16, img_channels=3, label_dim=10, model_type="SongUNet", model_channels=16,
-        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], augment_dim=9, dropout=0.13,
-        embedding_type="positional", encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
+        _SONG,
+        embedding_type="positional",
+        encoder_type="standard",
+        channel_mult_noise=1,
         resample_filter=[1, 1],
     ),
     "ncsnpp": dict(
-        img_resolution=16, img_channels=3, label_dim=10, model_type="SongUNet", model_channels=16,
-        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], augment_dim=9, dropout=0.13,
-        embedding_type="fourier", encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
+        _SONG,
+        embedding_type="fourier",
+        encoder_type="residual",
+        channel_mult_noise=2,
         resample_filter=[1, 3, 3, 1],
     ),
-    "adm": dict(
-        img_resolution=16, img_channels=3, label_dim=10, model_type="DhariwalUNet", model_channels=32,
-        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.1,
-    ),
+    "adm": dict(_SHARED, model_type="DhariwalUNet", model_channels=32, dropout=0.1),
 }
 
 
@@ -66,8 +68,12 @@ class FakeEDMModules:
         util.EasyDict = easydict
         dnnlib = types.ModuleType("dnnlib")
         dnnlib.util = util
-        for name, mod in [("torch_utils", torch_utils), ("torch_utils.persistence", persistence),
-                          ("dnnlib", dnnlib), ("dnnlib.util", util)]:
+        for name, mod in [
+            ("torch_utils", torch_utils),
+            ("torch_utils.persistence", persistence),
+            ("dnnlib", dnnlib),
+            ("dnnlib.util", util),
+        ]:
             monkeypatch.setitem(sys.modules, name, mod)
         self.reconstruct = _reconstruct_persistent_obj
         self.EasyDict = easydict
@@ -79,9 +85,10 @@ class Persistent:
     """Pickles as EDM's persistent objects do: ``_reconstruct_persistent_obj(meta)``."""
 
     def __init__(self, fake: FakeEDMModules, class_name: str, state: dict[str, Any]):
-        self.reduce = (fake.reconstruct, (
-            dict(type="class", version=6, module_src=fake.module_src, class_name=class_name, state=state),
-        ))
+        self.reduce = (
+            fake.reconstruct,
+            (dict(type="class", version=6, module_src=fake.module_src, class_name=class_name, state=state),),
+        )
 
     def __reduce__(self):
         return self.reduce
@@ -113,8 +120,15 @@ def edm_record(fake: FakeEDMModules, module: torch.nn.Module, init_kwargs: dict 
 def edm_snapshot(fake: FakeEDMModules, net: EDMPrecond, init_kwargs: dict, **extra: Any) -> dict[str, Any]:
     """``dict(ema=..., loss_fn=..., augment_pipe=..., dataset_kwargs=...)`` as EDM's training loop pickles it."""
     loss = Persistent(fake, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5, _init_args=(), _init_kwargs={}))
-    dataset_kwargs = fake.EasyDict(class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip",
-                                   use_labels=True, xflip=False, cache=True, resolution=16, max_size=50000)
+    dataset_kwargs = fake.EasyDict(
+        class_name="training.dataset.ImageFolderDataset",
+        path="cifar10-32x32.zip",
+        use_labels=True,
+        xflip=False,
+        cache=True,
+        resolution=16,
+        max_size=50000,
+    )
     data = dict(ema=edm_record(fake, net, init_kwargs), loss_fn=loss, augment_pipe=None, dataset_kwargs=dataset_kwargs)
     data.update(extra)
     return data
@@ -215,8 +229,10 @@ def raw_call(module: str, name: str, arg: str) -> bytes:
     return f"c{module}\n{name}\n(V{arg}\ntR.".encode()
 
 
-@pytest.mark.parametrize(("module", "name"), [("os", "system"), ("posix", "system"), ("builtins", "eval"),
-                                              ("builtins", "exec"), ("subprocess", "Popen")])
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("builtins", "exec"), ("subprocess", "Popen")],
+)
 def test_callable_globals_are_refused_before_anything_runs(module, name, sentinel, tmp_path) -> None:
     if name == "Popen":
         payload = f"c{module}\n{name}\n((V/usr/bin/touch\nV{sentinel}\nltR.".encode()  # Popen(["touch", path])
@@ -277,16 +293,25 @@ def test_any_other_global_is_refused_by_name(module, name, tmp_path) -> None:
 
 def test_allowlist_is_explicit_and_small() -> None:
     modules = {m for m, _ in ALLOWED_GLOBALS}
-    assert modules <= {"torch_utils.persistence", "dnnlib.util", "collections", "builtins", "torch._utils",
-                       "torch.storage", "torch.nn.modules.container", "numpy", "numpy.core.multiarray",
-                       "numpy._core.multiarray"}
+    assert modules <= {
+        "torch_utils.persistence",
+        "dnnlib.util",
+        "collections",
+        "builtins",
+        "torch._utils",
+        "torch.storage",
+        "torch.nn.modules.container",
+        "numpy",
+        "numpy.core.multiarray",
+        "numpy._core.multiarray",
+    }
     assert [k for k in ALLOWED_GLOBALS if k[0] == "builtins"] == [("builtins", "set")]
 
 
 def test_storage_payload_is_read_with_weights_only(tmp_path, sentinel) -> None:
     """A tensor storage whose inner torch.save blob smuggles a callable is refused by torch's weights_only loader."""
     inner = pickle.dumps(Evil(sentinel), protocol=2)
-    payload = (b"\x80\x02ctorch.storage\n_load_from_bytes\nq\x00C" + bytes([len(inner)]) + inner + b"\x85R.")
+    payload = b"\x80\x02ctorch.storage\n_load_from_bytes\nq\x00C" + bytes([len(inner)]) + inner + b"\x85R."
     pkl = tmp_path / "storage.pkl"
     pkl.write_bytes(payload)
     with pytest.raises(EDMImportError):
