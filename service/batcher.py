@@ -357,7 +357,7 @@ class Batcher:
             await asyncio.wait([encoded])
 
     def _encode(self, jobs: list[Job]) -> None:
-        """Runs in the encode pool."""
+        """Runs in the encode pool, or on the inference thread when ``encode_overlap`` is off."""
         for job in jobs:
             if job.cancelled is not None:
                 continue

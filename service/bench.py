@@ -804,7 +804,7 @@ class Round:
 
 
 def spawned_settings(env: dict[str, str]) -> dict[str, str]:
-    """The ONESTEP_* settings a spawned server ran with (its own and inherited), for the report; keys omitted."""
+    """The ONESTEP_* settings a spawned server ran with (its own and inherited), for the report; no API keys."""
     merged = {**os.environ, **env}
     skip = {"ONESTEP_API_KEYS", "ONESTEP_PORT"}
     return {k: merged[k] for k in sorted(merged) if k.startswith("ONESTEP_") and k not in skip}

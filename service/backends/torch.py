@@ -84,6 +84,8 @@ class TorchBackend(Backend):
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
+        # Read here, on the inference thread that runs every batch: OpenMP keeps the thread count per thread.
+        self._cpu_threads = torch.get_num_threads() if self.device.type == "cpu" else None
         model = load_model(model_dir, device=self.device)
         if not isinstance(model, OneStepGenerator):
             raise BackendError(f"{model_dir}: not a one-step generator")
@@ -94,7 +96,7 @@ class TorchBackend(Backend):
 
     @property
     def cpu_threads(self) -> int | None:
-        return torch.get_num_threads() if self.device.type == "cpu" else None
+        return self._cpu_threads
 
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode():

@@ -110,6 +110,18 @@ def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
         backend.close()
 
 
+def test_torch_cpu_threads_are_those_of_the_thread_that_built_it(models_dir: Path) -> None:
+    """OpenMP keeps the thread count per thread: the backend reports what its inference thread runs with."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ThreadPoolExecutor(1) as infer:
+            backend = infer.submit(build, "torch", models_dir / COND).result()  # torch_threads=1 on that thread
+        assert torch.get_num_threads() == 2 and backend.cpu_threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_encode_overlap_auto_follows_the_cpu_threads(models_dir: Path, onnx_models: Path) -> None:
     """auto: encode beside inference unless the runtime's CPU threads fill every core and do not spin."""
     cores = usable_cpus()
