@@ -346,14 +346,12 @@ class Batcher:
             pos += k
         if not finished:
             return
-        if self.encode_overlap:
-            # Not awaited: the next batch computes while these encode.
-            encoded = loop.run_in_executor(self.encode_pool, self._encode, finished)
-            encoded.add_done_callback(partial(_resolve, finished))
-        else:
-            # On the inference thread, before the next batch: no encoder competes with the runtime's threads.
-            encoded = loop.run_in_executor(self.executor, self._encode, finished)
-            encoded.add_done_callback(partial(_resolve, finished))
+        # Overlap: the encode pool, not awaited, so the next batch computes meanwhile. Otherwise the inference
+        # thread, awaited, so that no encoder competes with the runtime's threads during the next batch.
+        pool = self.encode_pool if self.encode_overlap else self.executor
+        encoded = loop.run_in_executor(pool, self._encode, finished)
+        encoded.add_done_callback(partial(_resolve, finished))
+        if not self.encode_overlap:
             await asyncio.wait([encoded])
 
     def _encode(self, jobs: list[Job]) -> None:
