@@ -174,3 +174,4 @@ def test_bench_spawns_servers_for_targets(models_dir: Path, tmp_path: Path) -> N
         "latency c=1 p99",
     ):
         assert targets[name]["value"] is not None and targets[name]["value"] > 0, targets[name]
+    assert "raw batch-4/batch-1 gain" in targets["batching gain c=4 (torch)"]["detail"]
