@@ -395,32 +395,17 @@ def evaluate_targets(
         gain = main.throughput_images_s / base1.throughput_images_s
         bmax = max(raw.points)
         raw_gain = raw.points[bmax].images_per_s / raw.points[1].images_per_s if 1 in raw.points else None
+        detail = (
+            f"{main.throughput_images_s:.1f} vs {base1.throughput_images_s:.1f} img/s with max_batch_size=1; "
+            f"raw batch-{bmax}/batch-1 gain {raw_gain if raw_gain is None else round(raw_gain, 2)}"
+        )
         if backend == "torch":
             # The fixed limit; the raw gain is shown beside it because no server can batch past it.
-            out.append(
-                _check(
-                    f"batching gain c={c} (torch)",
-                    gain,
-                    2.5,
-                    False,
-                    f"{main.throughput_images_s:.1f} vs {base1.throughput_images_s:.1f} img/s with "
-                    f"max_batch_size=1; raw batch-{bmax}/batch-1 gain "
-                    f"{raw_gain if raw_gain is None else round(raw_gain, 2)}",
-                )
-            )
+            limit = 2.5
         else:
             limit = 0.9 * raw_gain if raw_gain else None
-            out.append(
-                _check(
-                    f"batching gain c={c} ({backend})",
-                    gain,
-                    limit,
-                    False,
-                    f"{main.throughput_images_s:.1f} vs {base1.throughput_images_s:.1f} img/s with "
-                    f"max_batch_size=1; raw batch-{bmax}/batch-1 gain "
-                    f"{raw_gain if raw_gain is None else round(raw_gain, 2)}, limit 0.9x that",
-                )
-            )
+            detail += ", limit 0.9x that"
+        out.append(_check(f"batching gain c={c} ({backend})", gain, limit, False, detail))
         cpu_dyn, cpu_one = main.server_cpu_ms_per_image, base1.server_cpu_ms_per_image
         if cpu_dyn and cpu_one and 1 in raw.points:
             # On a shared machine the CPU a server gets varies between levels; CPU per image does not.
