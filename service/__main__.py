@@ -1,14 +1,22 @@
-"""``python -m service``: serve with uvicorn, configured by ONESTEP_* environment variables."""
+"""``python -m service``: serve with uvicorn; flags mirror the ONESTEP_* settings (``--help`` lists them)."""
 
 from __future__ import annotations
 
-import uvicorn
+import sys
+from collections.abc import Sequence
 
-from service.config import Settings
 
+def main(argv: Sequence[str] | None = None) -> int:
+    from service.cli import settings_from_argv
 
-def main() -> None:
-    s = Settings()
+    args, s = settings_from_argv(argv)
+    if args.check:
+        from service.check import run_check
+
+        return run_check(s)
+
+    import uvicorn
+
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -19,7 +27,8 @@ def main() -> None:
         access_log=s.access_log,
         timeout_graceful_shutdown=s.graceful_timeout_s,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
