@@ -17,7 +17,8 @@ import torch
 
 from training.distributed import World
 from training.loop import LoopOptions, run_training
-from training.pretrain import build_parser, build_task, run_config_from_args
+from training.pretrain import build_parser, run_config_from_args
+from training.pretrain_task import build_task
 
 
 def bare_step_rate(task, images: torch.Tensor, labels: torch.Tensor, steps: int) -> float:

@@ -22,8 +22,8 @@ from training.finetune import build_task as build_finetune
 from training.finetune import parse_args as finetune_args
 from training.finetune import run_config_from_args as finetune_config
 from training.pretrain import build_parser as pretrain_parser
-from training.pretrain import build_task as build_pretrain
 from training.pretrain import run_config_from_args as pretrain_config
+from training.pretrain_task import build_task as build_pretrain
 
 
 def step_rate(task, stream, steps: int, start: int, batch: int) -> float:

@@ -36,7 +36,7 @@ from training.classifier import (
     train_classifier,
 )
 from training.metrics import SetMetrics, compare
-from training.pretrain import export_state_snapshot
+from training.rundir import export_state_snapshot
 from training.sampling import heun_steps_for_nfe, sample, seeded_noise
 from training.spectra import SpectrumAccumulator
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from training.checkpoint import build_precond, precond_kwargs, save_model
+from training.cli import resolve_run_config
 from training.datasets import BatchStream, open_dataset
 from training.discriminator import (
     DEFAULT_SIGMAS,
@@ -38,11 +39,12 @@ from training.discriminator import (
 from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
 from training.ema import EMA
 from training.freeze import FREEZE_MODES, FreezeReport, apply_freeze
-from training.loop import LoopOptions, RunLog, open_run_dir, resolve_run_config, run_training
+from training.images import GRID_SEED, grid_labels
+from training.loop import LoopOptions, RunLog, run_training
 from training.make_pairs import PairsReader
 from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.presets import preset_args, preset_names
-from training.pretrain import GRID_SEED, grid_labels
+from training.rundir import open_run_dir
 from training.sampling import seeded_noise
 from training.teacher import Teacher, load_teacher
 

@@ -1,4 +1,4 @@
-"""Image helpers: [-1, 1] tensors to uint8 and PNG sample grids."""
+"""Image helpers: [-1, 1] tensors to uint8, PNG sample grids and the training runs' grid noise and labels."""
 
 from __future__ import annotations
 
@@ -31,3 +31,11 @@ def image_grid(images: torch.Tensor, cols: int | None = None) -> Image.Image:
 
 def save_image_grid(images: torch.Tensor, path: str | Path, cols: int | None = None) -> None:
     image_grid(images, cols).save(path)
+
+
+GRID_SEED = 2025  # first noise seed of the training runs' progress grids
+
+
+def grid_labels(label_dim: int, n: int) -> torch.Tensor | None:
+    """Class i in column i: a grid with one column per class."""
+    return torch.arange(n) % label_dim if label_dim else None

@@ -1,4 +1,4 @@
-"""The training loop shared by pre-training and fine-tuning: run dirs, ticks, stats, snapshots, resume.
+"""The training loop shared by pre-training and fine-tuning: ticks, stats, snapshots, resume.
 
 What is trained and how one step works lives in a ``TrainingTask``; this module owns everything around it:
 the data stream, counting images, the progress display, ``stats.jsonl``, sample grids, snapshots, exact
@@ -7,15 +7,13 @@ resume (model, optimizer, EMA, RNG, data position) and a snapshot on Ctrl-C / SI
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import re
 import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +24,7 @@ from tqdm import tqdm
 from training.checkpoint import load_state, save_state
 from training.distributed import World, all_reduce_mean, barrier
 from training.images import save_image_grid
-
-STATE_NAME = "training-state.pt"
+from training.rundir import STATE_NAME
 
 
 class TrainingTask(Protocol):
@@ -68,25 +65,6 @@ class LoopOptions:
             snapshot_minutes=cfg["snap_minutes"],
             seed=cfg["seed"],
         )
-
-
-# ---------------------------------------------------------------- run dirs
-
-
-def create_run_dir(outdir: str | Path, desc: str) -> Path:
-    """``outdir/NNNNN-desc`` with the next free number (EDM's habit)."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
-    run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
-    run_dir.mkdir()
-    return run_dir
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 class RunLog:
@@ -267,64 +245,8 @@ def run_training(
     return progress
 
 
-def resolve_run_config(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    argv: list[str] | None,
-    world: World,
-    from_args: Callable[[argparse.Namespace], dict[str, Any]],
-) -> tuple[dict[str, Any], Path | None]:
-    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` wins) and its dir.
-
-    Otherwise a new config from the arguments and no dir yet (``open_run_dir`` makes it).
-    """
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg = load_run_config(run_dir)
-        given = argv if argv is not None else sys.argv[1:]
-        if any(a == "--duration" or a.startswith("--duration=") for a in given):
-            cfg["duration"] = args.duration
-        return cfg, run_dir
-    cfg = from_args(args)
-    if args.batch % world.world_size:
-        parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
-    return cfg, None
-
-
-def open_run_dir(cfg: dict[str, Any], world: World, extra: dict[str, Any]) -> Path:
-    """Rank 0 creates ``outdir/NNNNN-desc`` and writes its config.json; every rank learns the path."""
-    run_dir = None
-    if world.is_main:
-        run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
-        save_run_config(run_dir, {**cfg, "world_size": world.world_size, **extra})
-    return share_path(run_dir, world)
-
-
-def share_path(path: Path | None, world: World) -> Path:
-    """Rank 0's path, on every rank."""
-    if not world.distributed:
-        return path
-    obj = [str(path) if path is not None else None]
-    torch.distributed.broadcast_object_list(obj, src=0)
-    return Path(obj[0])
-
-
-def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_json(run_dir / "config.json", config)
-
-
-def load_run_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run config (is {run_dir} a run dir?)")
-    return json.loads(path.read_text())
-
-
 __all__ = [
     "LoopOptions",
     "TrainingTask",
-    "create_run_dir",
     "run_training",
-    "save_run_config",
-    "load_run_config",
 ]

@@ -11,9 +11,8 @@ from typing import Any
 import torch
 
 from training.checkpoint import CheckpointError, load_model, load_state, read_config
-from training.loop import STATE_NAME
 from training.precond import EDMPrecond
-from training.pretrain import export_state_snapshot
+from training.rundir import STATE_NAME, export_state_snapshot
 
 SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)$")
 

@@ -13,7 +13,7 @@ import torch
 
 from training import pretrain
 from training.checkpoint import load_model, load_state
-from training.loop import STATE_NAME
+from training.rundir import STATE_NAME, export_state_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = [
@@ -189,10 +189,10 @@ def test_state_only_run_dir_exports_its_ema_for_teacher_and_evaluate(tmp_path):
     state = load_state(run_dir / STATE_NAME)
     torch.manual_seed(1234)
     rng = torch.get_rng_state()
-    exported = pretrain.export_state_snapshot(run_dir)
+    exported = export_state_snapshot(run_dir)
     assert torch.equal(torch.get_rng_state(), rng)  # building the network does not reseed the caller
     assert exported == run_dir / "network-snapshot-000000"
-    assert pretrain.export_state_snapshot(run_dir) == exported  # a second export (another rank) is harmless
+    assert export_state_snapshot(run_dir) == exported  # a second export (another rank) is harmless
     assert not list(run_dir.glob(".network-snapshot-*"))  # no temporary dir left behind
     shutil.rmtree(exported)
     teacher = load_teacher(run_dir)
@@ -203,4 +203,4 @@ def test_state_only_run_dir_exports_its_ema_for_teacher_and_evaluate(tmp_path):
     shutil.rmtree(run_dir / "network-snapshot-000000")
     source = resolve_source(f"teacher={run_dir}")
     assert source.kind == "denoiser" and source.model_dir.name == "network-snapshot-000000"
-    assert pretrain.export_state_snapshot(tmp_path) is None  # not a run dir
+    assert export_state_snapshot(tmp_path) is None  # not a run dir

@@ -1,0 +1,32 @@
+"""The training CLIs' shared argument handling: a resumed run keeps its saved options but an explicit --duration."""
+
+import json
+
+import pytest
+
+from training.cli import given_options, resolve_run_config
+from training.distributed import World
+from training.pretrain import build_parser, run_config_from_args
+
+
+def test_given_options_are_the_explicit_ones_whatever_the_default():
+    parser = build_parser()
+    assert given_options(parser, ["--duration", "2000", "--resume", "x"]) == {"duration", "resume"}
+    assert given_options(parser, ["--duration=5"]) == {"duration"}
+    assert given_options(parser, []) == set()
+
+
+@pytest.mark.parametrize(("extra", "duration"), [([], 7), (["--duration", "9"], 9.0), (["--duration=2000"], 2000.0)])
+def test_resume_keeps_the_saved_config_but_an_explicit_duration(tmp_path, extra, duration):
+    (tmp_path / "config.json").write_text(json.dumps({"duration": 7, "batch": 8}))
+    parser = build_parser()
+    argv = ["--resume", str(tmp_path), *extra]
+    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), run_config_from_args)
+    assert run_dir == tmp_path and cfg == {"duration": duration, "batch": 8}
+
+
+def test_a_new_run_gets_its_config_from_the_arguments():
+    parser = build_parser()
+    argv = ["--batch", "16", "--data", "synthetic:8"]
+    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), run_config_from_args)
+    assert run_dir is None and cfg["batch"] == 16 and cfg["desc"] == "synthetic-fmnist"
