@@ -1,9 +1,9 @@
 """Closed-loop load benchmark of the service, with the raw backend measured in the same run.
 
-    python -m service.bench --url http://127.0.0.1:8000 --concurrency 1,4,16,64 --duration 20 --models-dir models
-    python -m service.bench --spawn --models-dir models --backend torch --targets --json bench.json
+    python -m benchmarks.service --url http://127.0.0.1:8000 --concurrency 1,4,16,64 --duration 20 --models-dir models
+    python -m benchmarks.service --spawn --models-dir models --backend torch --targets --json bench.json
 
-At each concurrency level, that many asyncio workers (``service.loadgen``) send ``POST /generate`` back to
+At each concurrency level, that many asyncio workers (``benchmarks.loadgen``) send ``POST /generate`` back to
 back for ``--duration`` seconds after a short warm-up. Only requests that complete inside the measured window
 count. Per level it reports throughput, client latency percentiles, errors, the batch sizes the server formed
 (from each response's timing), the server's CPU time per image (from ``process_cpu_seconds_total`` in /metrics,
@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from service.loadgen import (
+from benchmarks.loadgen import (
     BenchError,
     LevelResult,
     ServerProbe,
@@ -612,7 +612,7 @@ async def run_levels(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m service.bench",
+        prog="python -m benchmarks.service",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.split("\n")[1:]),
@@ -730,7 +730,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     plan = Plan(levels, args.duration, warmup, args.max_requests, args.model, args.format, args.client)
     log = sys.stderr
     report: dict[str, Any] = {
-        "command": "python -m service.bench " + " ".join(argv),
+        "command": "python -m benchmarks.service " + " ".join(argv),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "plan": asdict(plan),

@@ -1,4 +1,4 @@
-"""Closed-loop HTTP load on ``POST /generate`` and the server-side counters read around it (for service.bench).
+"""Closed-loop HTTP load on ``POST /generate`` and the server-side counters read around it (for benchmarks.service).
 
 Each worker keeps one connection and sends its next request as soon as the last one answers. The server's CPU
 seconds come from ``process_cpu_seconds_total`` in /metrics when exported, else from /proc of its process.

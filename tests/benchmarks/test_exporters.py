@@ -1,10 +1,10 @@
-"""exporters/bench.py: timing plumbing and the report, on the tiny model with very short timings."""
+"""benchmarks/exporters.py: timing plumbing and the report, on the tiny model with very short timings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from exporters.bench import CONFIG_DATA, format_table, make_random_model, run_bench
+from benchmarks.exporters import CONFIG_DATA, format_table, make_random_model, run_bench
 from training.checkpoint import load_model, read_config
 
 

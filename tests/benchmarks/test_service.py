@@ -1,4 +1,4 @@
-"""service.bench: guards, counters, and short real runs against a live server (and spawned ones)."""
+"""benchmarks.service: guards, counters, and short real runs against a live server (and spawned ones)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service import bench
+from benchmarks import service as bench
 from tests.service.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.bench", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", "benchmarks.service", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 

@@ -1,6 +1,6 @@
 """Throughput and latency of the exported generator: torch eager vs ONNX Runtime (CPU), and the GPU paths.
 
-``python -m exporters.bench --model MODEL_DIR`` or ``--config fmnist`` (a random-weight generator of that
+``python -m benchmarks.exporters --model MODEL_DIR`` or ``--config fmnist`` (a random-weight generator of that
 architecture: speed does not depend on the weights). Each backend setting (threads, executor) is timed in
 several interleaved rounds so that a background load hits all of them alike; the best round's median
 latency counts, and the best setting per backend and batch is reported.
@@ -282,7 +282,7 @@ def machine_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exporters.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.exporters", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="model dir (uses its model.onnx, exporting one if missing)")
     src.add_argument("--config", choices=sorted(CONFIG_DATA), help="random-weight generator of this architecture")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print("note: --gpu given but CUDA is not available; GPU paths skipped", file=sys.stderr)
         header = [
             f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"command: python -m exporters.bench {' '.join(argv if argv is not None else sys.argv[1:])}",
+            f"command: python -m benchmarks.exporters {' '.join(argv if argv is not None else sys.argv[1:])}",
             f"machine: {machine_line()}; torch {torch.__version__}, onnxruntime {_ort_version()}",
             f"model: {args.config or model_dir} ({sum(p.numel() for p in load_model(model_dir).parameters()):,} "
             "parameters)",

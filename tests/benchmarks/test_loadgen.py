@@ -1,4 +1,4 @@
-"""service.loadgen: server counters and the closed-loop load against a live server."""
+"""benchmarks.loadgen: server counters and the closed-loop load against a live server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import httpx
 import pytest
 
-from service import loadgen
+from benchmarks import loadgen
 from tests.service.conftest import LiveServer
 
 
