@@ -1,92 +1,17 @@
+"""The ``python -m training.evaluate`` command line: its outputs, exit codes and messages."""
+
 import json
 
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, save_model
-from training.classifier import Classifier, ClassifierConfig, save_classifier
-from training.configs import network_config
-from training.evaluate import (
-    balanced_labels,
-    class_ordered,
-    generator_fn,
-    main,
-    resolve_source,
-    snapshot_dirs,
-)
-from training.precond import D2OPrecond, EDMPrecond, OneStepGenerator
-
-CLASSES = [f"c{i}" for i in range(10)]
-
-
-def _denoiser(cls=EDMPrecond, seed=0):
-    torch.manual_seed(seed)
-    kw = network_config("tiny")
-    model_type = kw.pop("model_type")
-    net = cls(img_resolution=16, img_channels=1, label_dim=10, model_type=model_type, **kw)
-    # Freshly initialised EDM U-Nets output zeros (zero-init last layers): perturb them so samples depend on noise.
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net
-
-
-def _training(stage: str, images_seen: int) -> dict:
-    return {
-        "dataset": {"spec": "synthetic:64", "resolution": 16},
-        "training": {"stage": stage, "images_seen": images_seen},
-    }
+from tests.training.evaluation.helpers import make_models
+from training.evaluate import main
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    teacher = save_model(_denoiser(), root / "teacher", class_names=CLASSES, extra=_training("pretrain", 1000))
-    generator = save_model(
-        OneStepGenerator(_denoiser(D2OPrecond)), root / "gen", class_names=CLASSES, extra=_training("finetune", 64)
-    )
-    run = root / "runs" / "00001-tiny-d2o-f"
-    run.mkdir(parents=True)
-    (run / "stats.jsonl").write_text("{}\n")
-    for kimg, seed in ((0, 0), (2, 1)):
-        save_model(
-            OneStepGenerator(_denoiser(D2OPrecond, seed)),
-            run / f"network-snapshot-{kimg:06d}",
-            class_names=CLASSES,
-            extra=_training("finetune", kimg * 1000 + 48),
-        )
-    torch.manual_seed(0)
-    clf = Classifier(ClassifierConfig(img_resolution=16, widths=(8, 16), blocks=(1, 1), feature_dim=16)).eval()
-    save_classifier(clf, root / "clf", extra={"metric_name": "FD-SYN", "test_accuracy": 0.1})
-    return {"root": root, "teacher": teacher, "generator": generator, "run": run, "classifier": root / "clf"}
-
-
-def test_snapshot_reader_and_source_resolution(models, tmp_path):
-    snaps = snapshot_dirs(models["run"])
-    assert [s[0] for s in snaps] == [48, 2048]
-    src = resolve_source(f"d2o-f={models['run']}")
-    assert src.label == "d2o-f" and src.kind == "generator" and src.run_dir == models["run"]
-    assert src.model_dir.name == "network-snapshot-000002" and src.images_seen == 2048
-    assert resolve_source(str(models["teacher"])).kind == "denoiser"
-    with pytest.raises(CheckpointError, match="does not exist"):
-        resolve_source(str(tmp_path / "nope"))
-    # Without training.images_seen in its config, a snapshot's kimg comes from its name.
-    bare = tmp_path / "run"
-    save_model(OneStepGenerator(_denoiser(D2OPrecond)), bare / "network-snapshot-000005")
-    assert snapshot_dirs(bare)[0][0] == 5000
-
-
-def test_sampling_is_seeded_and_batch_independent(models):
-    from training.checkpoint import load_model
-
-    model = load_model(models["teacher"])
-    seeds = list(range(100, 106))
-    labels = balanced_labels(6, 10)
-    fn = generator_fn(model, "denoiser", 3, seeds, labels, "cpu")
-    full = fn(0, 6)
-    parts = torch.cat([fn(0, 2), fn(2, 6)])
-    assert torch.allclose(full, parts, rtol=1e-4, atol=1e-3)
-    assert torch.equal(fn(0, 6), full)
+    return make_models(tmp_path_factory.mktemp("eval"))
 
 
 def test_end_to_end_report(models, tmp_path, capsys):
@@ -165,12 +90,6 @@ def test_missing_classifier_names_the_command(models, tmp_path, capsys):
     assert rc == 2 and "train-classifier" in capsys.readouterr().err
 
 
-def test_class_ordered_grid_indices():
-    labels = torch.tensor([2, 0, 0, 1, 2, 1])
-    assert class_ordered(labels, 5, 3).tolist() == [1, 3, 0, 2, 5]
-    assert class_ordered(labels, 3, 0).tolist() == [0, 1, 2]
-
-
 def test_runs_as_a_module():
     import subprocess
     import sys
@@ -182,7 +101,7 @@ def test_runs_as_a_module():
 
 
 def test_train_classifier_command(tmp_path):
-    from training.classifier import load_classifier, read_classifier_config
+    from training.evaluation.classifier import load_classifier, read_classifier_config
 
     out = tmp_path / "clf"
     args = ["train-classifier", "--data", "synthetic:40", "--out", str(out), "--epochs", "1", "--batch", "8"]

@@ -180,7 +180,7 @@ def test_state_only_run_dir_exports_its_ema_for_teacher_and_evaluate(tmp_path):
     """A fresh clone carries a teacher's training-state.pt and config.json only (runs/README.md)."""
     import shutil
 
-    from training.evaluate import resolve_source
+    from training.evaluation.sources import resolve_source
     from training.teacher import load_teacher
 
     run_dir = Path(run(tmp_path, "--max-steps", "4")["run_dir"])

@@ -288,3 +288,44 @@ def train_classifier(
         summary["test_accuracy"] = round(accuracy(model, test), 4)
         summary["test_images"] = len(test)
     return model, summary
+
+
+# ---------------------------------------------------------------- the project's classifier dirs
+
+DEFAULT_CLASSIFIER = "models/fmnist-classifier"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_classifier(path: str | Path) -> Path:
+    """A relative classifier path is tried from the working dir, then from the repository root."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
+def train_classifier_dir(
+    data: str, data_path: str | None, out: str | Path, options: TrainOptions, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Train on the train split of data set ``data``, test on its test split and save the classifier dir ``out``
+    with its metric name, data set, class names and training summary; returns what it added to config.json."""
+    from training.datasets import open_dataset
+
+    train = open_dataset(data, split="train", path=data_path)
+    test = open_dataset(data, split="test", path=data_path)
+    log(f"Training the evaluation classifier on {data}: {len(train)} train, {len(test)} test images")
+    model, summary = train_classifier(train, test, options, log=log)
+    short = data.split(":", 1)[0]
+    extra = {
+        "name": Path(out).name,
+        "metric_name": f"FD-{short.upper()}",
+        "dataset": {"spec": data, "resolution": train.resolution, "channels": train.channels},
+        "class_names": list(getattr(train, "class_names", [])),
+        "test_accuracy": summary.get("test_accuracy"),
+        "training": summary,
+    }
+    if options.init:
+        extra["training"]["init"] = read_classifier_config(options.init).get("training")
+    save_classifier(model, out, extra)
+    log(f"Saved {out}: test accuracy {summary.get('test_accuracy')}, {summary['train_seconds']:.0f} s")
+    return extra

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.checkpoint import CheckpointError
-from training.inception import FEATURE_DIM, FIDInceptionV3, load_inception, load_inception_features
+from training.evaluation.inception import FEATURE_DIM, FIDInceptionV3, load_inception, load_inception_features
 
 
 @pytest.fixture(scope="module")

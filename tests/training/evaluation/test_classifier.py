@@ -5,20 +5,22 @@ import pytest
 import torch
 
 from training.checkpoint import CheckpointError
-from training.classifier import (
+from training.datasets import open_dataset
+from training.evaluation.classifier import (
+    DEFAULT_CLASSIFIER,
     Classifier,
     ClassifierConfig,
     TrainOptions,
     accuracy,
     augment,
+    find_classifier,
     load_classifier,
     read_classifier_config,
     save_classifier,
     train_classifier,
 )
-from training.datasets import open_dataset
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "fmnist-classifier"
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "fmnist-classifier"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -111,3 +113,11 @@ def test_shipped_classifier_meets_its_accuracy_target():
         images, labels = test.get_batch(list(range(1000)))
         acc = float((net(images).argmax(1) == labels).float().mean())
         assert acc >= 0.9
+
+
+def test_find_classifier_falls_back_to_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_classifier(DEFAULT_CLASSIFIER) == SHIPPED
+    (tmp_path / "models" / "fmnist-classifier").mkdir(parents=True)
+    assert find_classifier(DEFAULT_CLASSIFIER) == Path(DEFAULT_CLASSIFIER)  # the working dir comes first
+    assert find_classifier(tmp_path / "elsewhere") == tmp_path / "elsewhere"

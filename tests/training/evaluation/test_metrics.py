@@ -3,7 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from training.metrics import (
+from training.evaluation.metrics import (
     FeatureStats,
     class_accuracy,
     compare,

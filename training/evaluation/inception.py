@@ -224,7 +224,7 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDI
 
 
 def load_inception_features(path: str | Path, device: str | torch.device = "cpu"):
-    """A feature function images -> (2048-d features, None) for ``training.evaluate``."""
+    """A feature function images -> (2048-d features, None): a ``features.FeatureFn`` for the evaluator."""
     net = load_inception(path, device)
 
     @torch.no_grad()

@@ -1,13 +1,12 @@
 """Sample-quality metrics on feature vectors: Fréchet distance, KID, improved precision/recall, class accuracy.
 
-Features come from any network: the project's own evaluation classifier (``training.classifier``; FD in its
+Features come from any network (``features``): the project's own evaluation classifier (``classifier``; FD in its
 space is "FD-FMNIST" on Fashion-MNIST) or, when the user has the weights file, Inception-v3
-(``training.inception``; FD there is the usual FID). All math runs in float64 on the CPU.
+(``inception``; FD there is the usual FID). All math runs in float64 on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,18 +191,3 @@ def compare(
         class_accuracy=acc,
         count=len(fake_features),
     )
-
-
-FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-@torch.no_grad()
-def collect_features(fn: FeatureFn, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run ``fn`` (images -> (features, logits or None)) over batches and concatenate."""
-    feats, logits = [], []
-    for images in batches:
-        f, l = fn(images)
-        feats.append(f.double().cpu())
-        if l is not None:
-            logits.append(l.double().cpu())
-    return torch.cat(feats), (torch.cat(logits) if logits else None)

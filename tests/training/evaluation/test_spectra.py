@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.spectra import SpectrumAccumulator, radial_power_spectrum
+from training.evaluation.spectra import SpectrumAccumulator, radial_power_spectrum
 
 
 def _wave(fy: int, fx: int, size: int = 32) -> torch.Tensor:

@@ -1,0 +1,17 @@
+"""Evaluation of one-step generators and their teachers against real data (``python -m training.evaluate``).
+
+One job per module:
+
+- ``sources``: what to evaluate, a ``--model`` argument resolved to a model dir or a run dir and its snapshots;
+- ``options``: the options of an evaluation run;
+- ``samples``: the generated sets (seeded noise, balanced classes; one step or Heun at an NFE);
+- ``reference``: the real images (the test split, and a train subset as the real-vs-real floor);
+- ``classifier``: the evaluation classifier whose features the metrics compare (model, training, model dirs);
+- ``inception``: Inception-v3 features for the usual FID, from a local weights file;
+- ``features``: images to feature vectors and class logits;
+- ``metrics``: Fréchet distance, KID, precision/recall and class accuracy on feature vectors;
+- ``spectra``: radially averaged power spectra;
+- ``evaluator``: the reference features, and one sample set measured against them;
+- ``pipeline``: one whole evaluation run (``run_evaluation``);
+- ``report`` and ``plots``: its summary, ``report.md``, ``metrics.json`` and the PNG figures.
+"""

@@ -1,0 +1,116 @@
+"""The evaluator: the reference features, and one sample set measured against them (``SetResult``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.evaluation.classifier import Classifier
+from training.evaluation.features import FeatureFn, extract_features
+from training.evaluation.metrics import FeatureStats, SetMetrics, compare, frechet_distance_stats
+from training.evaluation.options import EvalOptions, Log
+from training.evaluation.spectra import SpectrumAccumulator
+
+
+@dataclass
+class SetResult:
+    label: str
+    kind: str  # 'real' | 'teacher' | 'one-step'
+    nfe: int | None
+    images_seen: int | None
+    metrics: SetMetrics
+    seconds: float
+    source: str = ""
+    fid: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "metrics"}
+        out.update(asdict(self.metrics))
+        out["images_per_s"] = round(self.metrics.count / self.seconds, 2) if self.seconds > 0 else None
+        return out
+
+
+class Evaluator:
+    """Holds the reference features and measures sample sets against them."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        reference: torch.Tensor,
+        options: EvalOptions,
+        reference_grid: torch.Tensor | None = None,
+        inception: FeatureFn | None = None,
+        log: Log = print,
+    ):
+        self.classifier = classifier
+        self.options = options
+        self.inception = inception
+        self.log = log
+        self.real_spectrum = SpectrumAccumulator()
+        self.real_features, _, self.real_inception = self._features(iter(self._chunks(reference)), self.real_spectrum)
+        self.real_grid = reference[: options.grid] if reference_grid is None else reference_grid[: options.grid]
+
+    def _chunks(self, images: torch.Tensor):
+        for start in range(0, len(images), self.options.batch):
+            yield images[start : start + self.options.batch]
+
+    def _features(self, batches, spectrum: SpectrumAccumulator):
+        return extract_features(batches, self.classifier, self.inception, self.options.device, spectrum)
+
+    def measure(
+        self,
+        label: str,
+        kind: str,
+        generate: Callable[[int, int], torch.Tensor],
+        labels: torch.Tensor | None,
+        count: int,
+        nfe: int | None = None,
+        images_seen: int | None = None,
+        source: str = "",
+    ) -> tuple[SetResult, torch.Tensor, np.ndarray]:
+        """Generate ``count`` images in batches with ``generate(start, stop)``; returns (result, grid, spectrum)."""
+        spectrum = SpectrumAccumulator()
+        grid: list[torch.Tensor] = []
+        seconds = 0.0
+        kept = 0
+
+        def batches():
+            nonlocal seconds, kept
+            for start in range(0, count, self.options.batch):
+                stop = min(start + self.options.batch, count)
+                t0 = time.perf_counter()
+                images = generate(start, stop).detach().float().cpu().clamp(-1, 1)
+                seconds += time.perf_counter() - t0
+                if kept < self.options.grid:
+                    grid.append(images[: self.options.grid - kept])
+                    kept += len(grid[-1])
+                yield images
+
+        feats, logits, inc = self._features(batches(), spectrum)
+        conditional = labels is not None and logits.shape[1] == self.classifier.config.num_classes
+        metrics = compare(
+            self.real_features,
+            feats,
+            logits if conditional else None,
+            labels[:count] if conditional else None,
+            kid_subsets=self.options.kid_subsets,
+            kid_subset_size=self.options.kid_subset_size,
+        )
+        fid = None
+        if inc is not None and self.real_inception is not None:
+            fid = frechet_distance_stats(FeatureStats.of(self.real_inception), FeatureStats.of(inc))
+        result = SetResult(label, kind, nfe, images_seen, metrics, seconds, source, fid)
+        nfe_text = f" NFE {nfe}" if nfe is not None else ""
+        self.log(
+            f"{label}{nfe_text}: FD {metrics.fd:.3f}, KID {metrics.kid * 1e3:.3f}e-3, precision {metrics.precision:.3f}"
+            f", recall {metrics.recall:.3f}"
+            + (f", class accuracy {metrics.class_accuracy:.4f}" if metrics.class_accuracy is not None else "")
+            + (f", FID {fid:.3f}" if fid is not None else "")
+            + f" ({count} images, {seconds:.1f} s generating)"
+        )
+        return result, torch.cat(grid) if grid else torch.empty(0), spectrum.mean()

@@ -1,0 +1,44 @@
+"""The real images: the test split the samples are compared with, and a train subset as the real-vs-real floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.datasets import open_dataset
+from training.evaluation.options import EvalOptions, Log
+
+
+def load_reference(
+    data: str, data_path: str | None, resolution: int, channels: int, options: EvalOptions, log: Log
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``options.num_real`` (default: all) test images and their labels."""
+    test = open_dataset(data, split="test", resolution=resolution, path=data_path, channels=channels)
+    n = len(test) if options.num_real is None else min(options.num_real, len(test))
+    images, labels = test.get_batch(list(range(n)))
+    log(f"Reference: {n} test images of {data} at {resolution}x{resolution}")
+    return images, labels
+
+
+def class_ordered(labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
+    """Indices whose labels run 0, 1, .., num_classes-1, 0, 1, .. (as the balanced samples do), where possible."""
+    if num_classes <= 0:
+        return torch.arange(min(count, len(labels)))
+    pools = [torch.nonzero(labels == c).flatten().tolist() for c in range(num_classes)]
+    picked: list[int] = []
+    for i in range(count):
+        pool = pools[i % num_classes]
+        if pool:
+            picked.append(pool.pop(0))
+    return torch.tensor(picked, dtype=torch.long)
+
+
+def real_train_set(
+    data: str, data_path: str | None, resolution: int, channels: int, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of the train split: the real-vs-real floor of each metric at this sample count."""
+    train = open_dataset(data, split="train", resolution=resolution, path=data_path, channels=channels)
+    count = min(count, len(train))
+    idx = np.random.default_rng(seed).choice(len(train), count, replace=False)
+    images, labels = train.get_batch(sorted(idx.tolist()))
+    return images, labels
