@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ from service.backends import Backend, create_backend
 from service.batcher import Batcher, resolve_encode_overlap
 from service.config import Settings
 from service.metrics import Metrics
-from training.checkpoint import CONFIG_NAME, read_config
+from training.checkpoint import CONFIG_NAME, ModelConfig, ModelKindError, read_model_config
 
 log = logging.getLogger("service")
 
@@ -32,7 +31,7 @@ class ModelEntry:
     name: str
     path: Path
     backend_name: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig | None = None  # None when config.json could not be read (status 'failed')
     status: Literal["loading", "ready", "failed"] = "loading"
     error: str | None = None
     backend: Backend | None = None
@@ -40,11 +39,11 @@ class ModelEntry:
 
     @property
     def label_dim(self) -> int:
-        return int(self.config.get("label_dim", 0))
+        return self.config.label_dim if self.config is not None else 0
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.config.get("class_names") or [])
+        return list(self.config.class_names) if self.config is not None else []
 
     @property
     def ready(self) -> bool:
@@ -59,17 +58,16 @@ def discover_models(settings: Settings) -> dict[str, ModelEntry]:
         log.warning("models_dir %s does not exist: no models to serve", root)
         return found
     for sub in sorted(p for p in root.iterdir() if (p / CONFIG_NAME).is_file()):
+        config, error = None, None
         try:
-            kind = json.loads((sub / CONFIG_NAME).read_text()).get("kind")
-        except (OSError, ValueError, AttributeError):
-            kind = "generator"  # unreadable: keep it so that read_config reports what is wrong
-        if kind != "generator":
-            continue
-        entry = ModelEntry(sub.name, sub, settings.backend_for(sub.name))
-        try:
-            entry.config = read_config(sub)
-        except Exception as e:
-            entry.status, entry.error = "failed", str(e)
+            config = read_model_config(sub, kinds=("generator",))
+        except ModelKindError:
+            continue  # a denoiser's, a classifier's or a run's config.json: not a model to serve
+        except Exception as e:  # unreadable or invalid: kept, so that /readyz reports what is wrong
+            error = str(e)
+        entry = ModelEntry(sub.name, sub, settings.backend_for(sub.name), config=config)
+        if error is not None:
+            entry.status, entry.error = "failed", error
         found[sub.name] = entry
     if settings.default_model in found:
         found = {settings.default_model: found[settings.default_model], **found}
@@ -95,6 +93,7 @@ class ServiceState:
     # ------------------------------------------------------------ loading
 
     def _build(self, entry: ModelEntry) -> Backend:
+        assert entry.config is not None  # entries without one are 'failed' and never built
         backend = create_backend(entry.backend_name, entry.path, entry.config, self.settings)
         if self.settings.warmup:
             backend.warmup(self.settings.max_batch_size, should_stop=lambda: self.draining)

@@ -2,15 +2,21 @@
 
 A model dir is ``config.json`` + ``generator.safetensors`` (one-step generator) or ``denoiser.safetensors``
 (a teacher). The weights are the preconditioner's state dict, keys ``model.*`` as in EDM. The config alone
-rebuilds the module; no code is ever pickled.
+rebuilds the module; no code is ever pickled. ``config.json`` is read into a :class:`ModelConfig`, checked once
+here, so that its readers (training, exporters, service) use typed fields instead of dict lookups.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -28,6 +34,14 @@ PRECONDS: dict[str, type[EDMPrecond]] = {"edm": EDMPrecond, "d2o": D2OPrecond}
 
 class CheckpointError(ValueError):
     """A model dir or training snapshot that is missing, truncated, tampered with or of the wrong format."""
+
+
+class ModelKindError(CheckpointError):
+    """A config.json that is not a generator's or a denoiser's (a classifier's, a run's): ``kind`` says what it is."""
+
+    def __init__(self, message: str, kind: object):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -89,6 +103,234 @@ def precond_name(net: EDMPrecond) -> str:
     return "d2o" if isinstance(net, D2OPrecond) else "edm"
 
 
+# ---------------------------------------------------------------- model config
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Keys of config.json with a field of their own; any other key is kept as read in ``ModelConfig.extra``.
+_MODEL_KEYS = (
+    "format_version",
+    "name",
+    "kind",
+    "precond",
+    "precond_kwargs",
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "class_names",
+    "weights",
+    "weights_sha256",
+    "sigma",
+    "dataset",
+    "training",
+)
+
+
+def _frozen_mapping(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(copy.deepcopy(dict(obj)))
+
+
+def _plain(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(obj))
+
+
+class _Fields:
+    """Typed reads of one config.json object; every failure names the file and the field."""
+
+    def __init__(self, obj: Mapping[str, Any], source: str):
+        self.obj, self.source = obj, source
+
+    def fail(self, key: str, what: str) -> CheckpointError:
+        return CheckpointError(f"{self.source}: field {key!r} {what}")
+
+    def integer(self, key: str, minimum: int, within: str | None = None) -> int | None:
+        """``obj[key]`` (or ``obj[within][key]``) as an integer >= minimum; None where absent."""
+        obj = self.obj if within is None else self.obj[within]
+        if key not in obj:
+            return None
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            name = key if within is None else f"{within}.{key}"
+            raise self.fail(name, f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def string(self, key: str, optional: bool = False) -> str | None:
+        if key not in self.obj or self.obj[key] is None:
+            if optional:
+                return None
+            raise self.fail(key, "is missing")
+        value = self.obj[key]
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def mapping(self, key: str, optional: bool = False) -> Mapping[str, Any] | None:
+        if key not in self.obj or self.obj[key] is None:
+            if optional:
+                return None
+            raise self.fail(key, "is missing")
+        value = self.obj[key]
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a JSON object, got {type(value).__name__}")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A model dir's ``config.json``, validated: what rebuilds the network and what describes it.
+
+    ``precond_kwargs`` are the preconditioner's constructor arguments as stored (an infinite sigma is the string
+    ``"inf"``); ``dataset`` and ``training`` are the summaries the training code records; ``extra`` holds any other
+    key of the file (e.g. ``imported_from``), kept as read and written back by ``to_json``.
+    """
+
+    kind: str  # 'generator' (one-step G) | 'denoiser' (an EDM teacher)
+    precond: str  # 'edm' | 'd2o'
+    precond_kwargs: Mapping[str, Any]
+    img_resolution: int
+    img_channels: int
+    label_dim: int  # 0: unconditional
+    weights: str  # file name inside the model dir
+    name: str | None = None
+    class_names: tuple[str, ...] = ()
+    weights_sha256: str | None = None
+    sigma: float | None = None  # generators: the noise level G(z) = D(sigma z; sigma) runs at
+    dataset: Mapping[str, Any] | None = None
+    training: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for key in ("precond_kwargs", "dataset", "training", "extra"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, _frozen_mapping(value))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    @classmethod
+    def from_json(
+        cls, obj: Any, source: str | Path = CONFIG_NAME, kinds: tuple[str, ...] = tuple(WEIGHTS_NAME)
+    ) -> ModelConfig:
+        """Check a parsed config.json; a CheckpointError names ``source`` and the bad field.
+
+        A ``kind`` outside ``kinds`` raises :class:`ModelKindError` before anything else is checked.
+        """
+        source = str(source)
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{source}: expected a JSON object")
+        f = _Fields(obj, source)
+        kind = obj.get("kind")
+        if kind == "classifier":
+            raise ModelKindError(f"{source}: a classifier's config (training.evaluation reads it), not a model's", kind)
+        if not isinstance(kind, str) or kind not in kinds:
+            raise ModelKindError(f"{source}: field 'kind' must be one of {list(kinds)}, got {kind!r}", kind)
+        version = obj.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{source}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        precond = f.string("precond")
+        if precond not in PRECONDS:
+            raise f.fail("precond", f"must be one of {sorted(PRECONDS)}, got {precond!r}")
+        kwargs = f.mapping("precond_kwargs")
+        if not all(isinstance(k, str) for k in kwargs):
+            raise f.fail("precond_kwargs", "must have string keys")
+        # The network's shape: top-level fields (older files may hold them only in precond_kwargs); both must agree.
+        shape: dict[str, int] = {}
+        for key, minimum in (("img_resolution", 1), ("img_channels", 1), ("label_dim", 0)):
+            top, inner = f.integer(key, minimum), f.integer(key, minimum, within="precond_kwargs")
+            if top is not None and inner is not None and top != inner:
+                raise f.fail(key, f"is {top} but precond_kwargs.{key} is {inner}")
+            value = top if top is not None else inner
+            if value is None and key != "label_dim":
+                raise f.fail(key, "is missing")
+            shape[key] = value or 0
+        names = obj.get("class_names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise f.fail("class_names", f"must be a list of strings, got {names!r}")
+        if names and len(names) != shape["label_dim"]:
+            raise f.fail("class_names", f"has {len(names)} names for label_dim {shape['label_dim']}")
+        weights = f.string("weights")
+        if Path(weights).name != weights or weights in (".", ".."):
+            raise f.fail("weights", f"must be a file name inside the model dir, got {weights!r}")
+        sha = f.string("weights_sha256", optional=True)
+        if sha is not None and not _SHA256_RE.match(sha):
+            raise f.fail("weights_sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+        sigma = obj.get("sigma")
+        if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0):
+            raise f.fail("sigma", f"must be a positive number, got {sigma!r}")
+        return cls(
+            kind=kind,
+            precond=precond,
+            precond_kwargs=kwargs,
+            weights=weights,
+            name=f.string("name", optional=True),
+            class_names=tuple(names),
+            weights_sha256=sha,
+            sigma=float(sigma) if sigma is not None else None,
+            dataset=f.mapping("dataset", optional=True),
+            training=f.mapping("training", optional=True),
+            extra={k: v for k, v in obj.items() if k not in _MODEL_KEYS},
+            **shape,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The config.json object: the keys ``save_model`` has always written, in its order, then the rest."""
+        out: dict[str, Any] = {"format_version": self.format_version}
+        if self.name is not None:
+            out["name"] = self.name
+        out.update(
+            kind=self.kind,
+            precond=self.precond,
+            precond_kwargs=_plain(self.precond_kwargs),
+            img_resolution=self.img_resolution,
+            img_channels=self.img_channels,
+            label_dim=self.label_dim,
+            class_names=list(self.class_names),
+            weights=self.weights,
+        )
+        if self.weights_sha256 is not None:
+            out["weights_sha256"] = self.weights_sha256
+        if self.sigma is not None:
+            out["sigma"] = self.sigma
+        if self.dataset is not None:
+            out["dataset"] = _plain(self.dataset)
+        if self.training is not None:
+            out["training"] = _plain(self.training)
+        out.update(_plain(self.extra))
+        return out
+
+    @property
+    def img_shape(self) -> tuple[int, int, int]:
+        return (self.img_channels, self.img_resolution, self.img_resolution)
+
+    @property
+    def generator_sigma(self) -> float:
+        """The noise level a generator runs at (EDM's sigma_max where the file names none)."""
+        return self.sigma if self.sigma is not None else SIGMA_MAX
+
+    @property
+    def images_seen(self) -> int | None:
+        """``training.images_seen``: how many images trained the weights, where recorded."""
+        value = (self.training or {}).get("images_seen")
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def dataset_spec(self) -> str | None:
+        """``dataset.spec``: the data set the model was trained on (``fmnist``, ``cifar10:DIR``, ...)."""
+        spec = (self.dataset or {}).get("spec")
+        return spec if isinstance(spec, str) else None
+
+    def build(self) -> EDMPrecond:
+        """The preconditioned network these fields describe, with fresh weights."""
+        return build_precond(self.precond, self.precond_kwargs)
+
+
+def read_model_config(model_dir: str | Path, kinds: tuple[str, ...] = tuple(WEIGHTS_NAME)) -> ModelConfig:
+    """A model dir's config.json, parsed and checked: the one place a model dir's config is read."""
+    path = Path(model_dir) / CONFIG_NAME
+    obj = read_json_object(path, f"a model dir holds {CONFIG_NAME} and a .safetensors file")
+    return ModelConfig.from_json(obj, source=path, kinds=kinds)
+
+
 # ---------------------------------------------------------------- model dirs
 
 
@@ -130,7 +372,8 @@ def save_model(
     if sigma is not None:
         config["sigma"] = sigma
     config.update(extra or {})
-    _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    checked = ModelConfig.from_json(config, source=out / CONFIG_NAME)  # what readers will see, checked now
+    _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(checked.to_json(), indent=2) + "\n").encode())
     return out
 
 
@@ -148,17 +391,8 @@ def read_json_object(path: Path, missing_hint: str) -> dict[str, Any]:
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / CONFIG_NAME
-    config = read_json_object(path, f"a model dir holds {CONFIG_NAME} and a .safetensors file")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("kind", "precond", "precond_kwargs", "weights"):
-        if key not in config:
-            raise CheckpointError(f"{path}: missing key {key!r}")
-    if config["kind"] not in WEIGHTS_NAME:
-        raise CheckpointError(f"{path}: unknown kind {config['kind']!r}")
-    return config
+    """The checked config.json as a plain dict, for callers not yet on :func:`read_model_config`."""
+    return read_model_config(model_dir).to_json()
 
 
 def load_state_dict_file(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -175,16 +409,15 @@ def load_state_dict_file(path: Path, expected_sha256: str | None = None) -> dict
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepGenerator | EDMPrecond:
     """Rebuild a generator or denoiser from its config alone and load its weights strictly."""
     model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    net = build_precond(config["precond"], config["precond_kwargs"])
-    state = load_state_dict_file(model_dir / config["weights"], config.get("weights_sha256"))
+    config = read_model_config(model_dir)
+    net = config.build()
+    weights = model_dir / config.weights
+    state = load_state_dict_file(weights, config.weights_sha256)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{model_dir / config['weights']}: weights do not fit the config ({e})") from e
-    model: nn.Module = (
-        OneStepGenerator(net, sigma=float(config.get("sigma", SIGMA_MAX))) if config["kind"] == "generator" else net
-    )
+        raise CheckpointError(f"{weights}: weights do not fit the config ({e})") from e
+    model: nn.Module = OneStepGenerator(net, sigma=config.generator_sigma) if config.kind == "generator" else net
     return model.to(device).eval().requires_grad_(False)
 
 

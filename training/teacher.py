@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import CheckpointError, load_model, load_state, read_config
+from training.checkpoint import CheckpointError, ModelConfig, load_model, load_state, read_model_config
 from training.precond import EDMPrecond
 from training.rundir import STATE_NAME, export_state_snapshot
 
@@ -21,12 +21,12 @@ SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d+)$")
 class Teacher:
     net: EDMPrecond
     model_dir: Path  # the model dir whose config built ``net``
-    config: dict[str, Any]
+    config: ModelConfig
     info: dict[str, Any] = field(default_factory=dict)  # recorded in run configs and exported model configs
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.config.get("class_names") or [])
+        return list(self.config.class_names)
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -40,7 +40,7 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 def _is_model_dir(path: Path) -> bool:
     try:
-        read_config(path)
+        read_model_config(path)
     except CheckpointError:
         return False
     return True
@@ -72,15 +72,15 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
                 f"--teacher {path}: neither a model dir (config.json of a model) nor a run dir with network-snapshot-*"
             )
         info["snapshot"] = model_dir.name
-    config = read_config(model_dir)
-    if config["kind"] != "denoiser":
+    config = read_model_config(model_dir)
+    if config.kind != "denoiser":
         raise CheckpointError(
-            f"--teacher {model_dir}: kind {config['kind']!r}; a teacher must be a denoiser (a pre-trained or "
+            f"--teacher {model_dir}: kind {config.kind!r}; a teacher must be a denoiser (a pre-trained or "
             "imported EDM model), not a one-step generator"
         )
     net = load_model(model_dir)
     assert isinstance(net, EDMPrecond)
-    images_seen = (config.get("training") or {}).get("images_seen")
+    images_seen = config.images_seen
     state_path = path / STATE_NAME
     if model_dir is not path and state_path.is_file():
         state = load_state(state_path)
@@ -96,7 +96,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
     info.update(
         model_dir=str(model_dir),
         images_seen=images_seen,
-        precond=config["precond"],
+        precond=config.precond,
         fingerprint=state_fingerprint(net.state_dict()),
     )
     net = net.to(device).eval().requires_grad_(False)

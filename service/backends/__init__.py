@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from service.backends.base import Backend, BackendError
 from service.config import Settings
+from training.checkpoint import ModelConfig
 
 __all__ = ["Backend", "BackendError", "create_backend"]
 
 
-def create_backend(name: str, model_dir: Path, config: dict[str, Any], settings: Settings) -> Backend:
+def create_backend(name: str, model_dir: Path, config: ModelConfig, settings: Settings) -> Backend:
     if name == "torch":
         from service.backends.torch import TorchBackend
 

@@ -7,12 +7,13 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from service.config import Settings
+from training.checkpoint import ModelConfig
 from training.sampling import seeded_noise
 
 
@@ -37,12 +38,12 @@ class Backend(ABC):
     #: Largest batch the runtime accepts (a TensorRT profile's top); None: no limit.
     max_supported_batch: int | None = None
 
-    def __init__(self, model_dir: Path, config: dict[str, Any], settings: Settings):
+    def __init__(self, model_dir: Path, config: ModelConfig, settings: Settings):
         self.model_dir = Path(model_dir)
         self.config = config
         self.settings = settings
-        self.label_dim = int(config.get("label_dim", 0))
-        self.img_shape = (int(config["img_channels"]), int(config["img_resolution"]), int(config["img_resolution"]))
+        self.label_dim = config.label_dim
+        self.img_shape = config.img_shape
 
     @abstractmethod
     def run(self, z: np.ndarray | torch.Tensor, labels: np.ndarray | None) -> np.ndarray:

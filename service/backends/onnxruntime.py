@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from service.backends.base import Backend, BackendError, usable_cpus
 from service.config import Settings
+from training.checkpoint import ModelConfig
 
 ONNX_NAME = "model.onnx"
 
@@ -17,7 +17,7 @@ ONNX_NAME = "model.onnx"
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model_dir: Path, config: dict[str, Any], settings: Settings):
+    def __init__(self, model_dir: Path, config: ModelConfig, settings: Settings):
         super().__init__(model_dir, config, settings)
         try:
             from exporters.onnx import export_onnx, onnx_session

@@ -7,13 +7,13 @@ its bucket (``preferred_batch_sizes``): the shapes the engine was tuned and warm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from service.backends.base import Backend, BackendError
 from service.config import Settings
+from training.checkpoint import ModelConfig
 
 PLAN_NAME = "model.plan"
 
@@ -21,7 +21,7 @@ PLAN_NAME = "model.plan"
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, model_dir: Path, config: dict[str, Any], settings: Settings):
+    def __init__(self, model_dir: Path, config: ModelConfig, settings: Settings):
         super().__init__(model_dir, config, settings)
         if not torch.cuda.is_available():
             raise BackendError("tensorrt backend needs a CUDA GPU")

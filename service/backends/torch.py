@@ -6,14 +6,13 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from service.backends.base import Backend, BackendError
 from service.config import Settings
-from training.checkpoint import load_model
+from training.checkpoint import ModelConfig, load_model
 from training.precond import OneStepGenerator
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def compile_generator(
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_dir: Path, config: dict[str, Any], settings: Settings):
+    def __init__(self, model_dir: Path, config: ModelConfig, settings: Settings):
         super().__init__(model_dir, config, settings)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)

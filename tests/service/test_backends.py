@@ -20,12 +20,12 @@ from service.batcher import resolve_encode_overlap
 from service.config import Settings
 from tests.service.conftest import COND, UNCOND, LiveServer, make_generator
 from tests.service.helpers import decode_json_images, max_diff
-from training.checkpoint import read_config
+from training.checkpoint import read_model_config
 from training.precond import OneStepGenerator
 
 
 def build(name: str, model_dir: Path, **settings: object):
-    return create_backend(name, model_dir, read_config(model_dir), Settings(torch_threads=1, **settings))
+    return create_backend(name, model_dir, read_model_config(model_dir), Settings(torch_threads=1, **settings))
 
 
 def test_torch_images_do_not_depend_on_the_batch(models_dir: Path) -> None:

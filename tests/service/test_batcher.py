@@ -16,12 +16,12 @@ from service.batcher import Batcher, JobCancelled, NotAccepting, QueueFull
 from service.config import Settings
 from service.metrics import Metrics
 from tests.service.conftest import COND
-from training.checkpoint import read_config
+from training.checkpoint import read_model_config
 
 
 @pytest.fixture(scope="module")
 def backend(models_dir: Path):
-    return create_backend("torch", models_dir / COND, read_config(models_dir / COND), Settings(torch_threads=1))
+    return create_backend("torch", models_dir / COND, read_model_config(models_dir / COND), Settings(torch_threads=1))
 
 
 def make(backend, pool: ThreadPoolExecutor, **kw) -> Batcher:

@@ -1,10 +1,23 @@
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import tiny_denoiser
-from training.checkpoint import CheckpointError, load_model, load_state, read_config, save_model, save_state
+from training.checkpoint import (
+    CheckpointError,
+    ModelConfig,
+    ModelKindError,
+    load_model,
+    load_state,
+    read_config,
+    read_model_config,
+    save_model,
+    save_state,
+)
 from training.precond import D2OPrecond, EDMPrecond, OneStepGenerator
 
 
@@ -18,9 +31,9 @@ def test_generator_round_trip_gives_identical_outputs(tmp_path):
     y = torch.tensor([0, 4, 9])
     with torch.no_grad():
         assert torch.equal(gen(z, y), loaded(z, y))
-    config = read_config(tmp_path / "m")
-    assert config["kind"] == "generator" and config["class_names"] == list("abcdefghij")
-    assert config["sigma"] == 80.0
+    config = read_model_config(tmp_path / "m")
+    assert config.kind == "generator" and config.class_names == tuple("abcdefghij")
+    assert config.sigma == 80.0
 
 
 def test_denoiser_round_trip_keeps_edm_key_names(tmp_path):
@@ -81,7 +94,7 @@ def test_missing_dir_and_unknown_version(tmp_path):
     cfg["format_version"] = 99
     (tmp_path / "t" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="format_version"):
-        read_config(tmp_path / "t")
+        read_model_config(tmp_path / "t")
 
 
 def test_training_state_round_trip_and_refuses_pickled_code(tmp_path):
@@ -106,3 +119,89 @@ class EvilReduce:
         import os
 
         return (os.system, (f"touch {self.path}",))
+
+
+# ---------------------------------------------------------------- the typed model config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_model_config_reads_and_writes_back_unchanged():
+    path = REPO / "models" / "fmnist-d2o"
+    raw = json.loads((path / "config.json").read_text())
+    config = read_model_config(path)
+    assert (config.kind, config.precond, config.img_shape, config.label_dim) == ("generator", "d2o", (1, 28, 28), 10)
+    assert config.class_names[0] == "T-shirt/top" and config.sigma == config.generator_sigma == 80.0
+    assert config.images_seen == 60000 and config.dataset_spec == "fmnist"
+    assert config.training["teacher"]["snapshot"] == "network-snapshot-001202"
+    assert config.to_json() == raw and list(config.to_json()) == list(raw)
+    with pytest.raises(ModelKindError, match="classifier"):
+        read_model_config(REPO / "models" / "fmnist-classifier")
+
+
+def test_save_model_writes_the_same_keys_and_keeps_extra_ones(tmp_path):
+    save_model(tiny_denoiser(), tmp_path / "t", extra={"imported_from": {"file": "x.pkl"}, "training": {"a": 1}})
+    raw = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert list(raw) == [
+        "format_version", "name", "kind", "precond", "precond_kwargs", "img_resolution", "img_channels",
+        "label_dim", "class_names", "weights", "weights_sha256", "training", "imported_from",
+    ]  # fmt: skip
+    config = read_model_config(tmp_path / "t")
+    assert config.extra == {"imported_from": {"file": "x.pkl"}} and config.images_seen is None
+    assert config.sigma is None and config.generator_sigma == 80.0 and config.name == "t"
+    assert config.precond_kwargs["sigma_max"] == "inf" and config.build().sigma_max == float("inf")
+    assert ModelConfig.from_json(config.to_json()) == config
+    assert read_config(tmp_path / "t") == raw  # the plain-dict view for callers not yet on ModelConfig
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.label_dim = 3
+    with pytest.raises(TypeError):
+        config.precond_kwargs["model_channels"] = 3  # read-only, as the whole config
+    # A file whose shape is only in precond_kwargs (no top-level copy) still reads.
+    for key in ("img_resolution", "img_channels", "label_dim"):
+        del raw[key]
+    assert ModelConfig.from_json(raw).img_shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(kind="teacher"), "field 'kind' must be one of"),
+        (dict(kind=None), "field 'kind'"),
+        (dict(precond="vp"), "field 'precond' must be one of"),
+        (dict(precond_kwargs=[1]), "field 'precond_kwargs' must be a JSON object"),
+        (dict(img_resolution="16"), "field 'img_resolution' must be an integer"),
+        (dict(img_channels=0), "field 'img_channels' must be an integer >= 1"),
+        (dict(label_dim=True), "field 'label_dim' must be an integer"),
+        (dict(label_dim=4), "field 'label_dim' is 4 but precond_kwargs.label_dim is 10"),
+        (dict(class_names=["a", "b"]), "field 'class_names' has 2 names for label_dim 10"),
+        (dict(class_names="abc"), "field 'class_names' must be a list of strings"),
+        (dict(weights=None), "field 'weights' is missing"),
+        (dict(weights="../other.safetensors"), "field 'weights' must be a file name inside the model dir"),
+        (dict(weights_sha256="abc"), "field 'weights_sha256' must be 64 lowercase hex digits"),
+        (dict(sigma=-1), "field 'sigma' must be a positive number"),
+        (dict(training=[]), "field 'training' must be a JSON object"),
+        (dict(format_version=2), "format_version 2 is not supported"),
+    ],
+)
+def test_bad_model_config_fields_name_the_file_and_the_field(tmp_path, change, message):
+    save_model(tiny_denoiser(), tmp_path / "t")
+    path = tmp_path / "t" / "config.json"
+    raw = {k: v for k, v in json.loads(path.read_text()).items() if change.get(k, 0) is not None}
+    raw.update({k: v for k, v in change.items() if v is not None})
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=re.escape(message)) as err:
+        load_model(tmp_path / "t")
+    assert str(path) in str(err.value)
+
+
+def test_kinds_filter_raises_model_kind_error_first(tmp_path):
+    save_model(tiny_denoiser(), tmp_path / "t")
+    raw = json.loads((tmp_path / "t" / "config.json").read_text())
+    raw["format_version"] = 99  # not even looked at: the kind decides first
+    with pytest.raises(ModelKindError) as err:
+        ModelConfig.from_json(raw, kinds=("generator",))
+    assert err.value.kind == "denoiser"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"data": "fmnist", "batch": 64}))  # a run dir's
+    with pytest.raises(ModelKindError, match="field 'kind'"):
+        read_model_config(tmp_path / "run")
