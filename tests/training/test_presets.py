@@ -89,7 +89,7 @@ def test_resolved_presets_keep_their_values(name: str):
     args = preset_args(name)
     assert args == EXPECTED_ARGS[name]
     assert all(type(args[k]) is type(v) for k, v in EXPECTED_ARGS[name].items()), name  # 5000 stays an int
-    assert PRESETS[name]["teacher"] == EXPECTED_TEACHER[name]
-    assert PRESETS[name]["paper"] == EXPECTED_PAPER[name]
+    assert PRESETS[name].teacher == EXPECTED_TEACHER[name]
+    assert PRESETS[name].paper == EXPECTED_PAPER[name]
     _, parsed = parse_args(["--preset", name, "--teacher", "t"])
     assert {k: getattr(parsed, k) for k in args} == EXPECTED_ARGS[name]
