@@ -9,9 +9,15 @@ For each case this builds EDM's ``EDMPrecond``, replaces every parameter and buf
 of the form ``q * 2**-e`` (q an int8, e per tensor: a quarter of the float32 size and still exact), copies EDM's
 state dict into our ``training.precond.EDMPrecond`` with no key map (strict), runs both on the same seeded inputs
 and asserts they agree. It writes, per case, ``<case>.safetensors`` (int8 weights, exponents in the metadata) and
-``<case>-io.safetensors`` (inputs and EDM's float32 outputs), plus ``cases.json`` (constructor arguments). It also
-writes ``edm-snapshot-tiny.pkl``: a real EDM snapshot pickle, made as EDM's training loop makes one, for the
-importer's tests. Only EDM's code is imported from ``--edm``; nothing of it is copied here.
+``<case>-io.safetensors`` (inputs and EDM's float32 outputs), plus ``cases.json`` (constructor arguments). These
+files are numbers and constructor arguments only: EDM's code is imported from ``--edm`` and run in this process,
+and none of its source is written into the repo.
+
+The EDM-format snapshot pickle in the same folder, ``edm-snapshot-tiny.pkl``, is not made with EDM's code: a pickle
+written by EDM embeds the full source of EDM's modules. It is written by the project's own generator,
+tests/training/make_edm_pickle.py (our ``EDMPrecond``, a pickler that emits EDM's format, a stand-in
+``module_src``), which this script runs first, before EDM is loaded; ``python -m tests.training.make_edm_pickle``
+rewrites it alone.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import argparse
 import importlib.util
 import json
 import math
-import pickle
 import sys
 import types
 from pathlib import Path
@@ -31,6 +36,7 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.training.make_edm_pickle import write_fixture  # noqa: E402
 from training.precond import EDMPrecond  # noqa: E402
 
 BATCH = 4
@@ -80,14 +86,6 @@ def load_edm(edm_root: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("edm_networks", edm_root / "training" / "networks.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["edm_networks"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_edm_module(edm_root: Path, name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(f"edm_{name}", edm_root / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"edm_{name}"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -156,9 +154,12 @@ def main() -> None:
     ap.add_argument("--edm", type=Path, required=True, help="root of an NVlabs/edm checkout (outside this repo)")
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "training" / "data" / "edm_reference")
     args = ap.parse_args()
-    edm = load_edm(args.edm.resolve())
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    # The EDM-format snapshot pickle: our generator, before any of EDM's modules are loaded.
+    snapshot = write_fixture(out / "edm-snapshot-tiny.pkl")
+    print(f"wrote {snapshot.name} with tests/training/make_edm_pickle.py (no EDM code)")
+    edm = load_edm(args.edm.resolve())
     torch.set_grad_enabled(False)
 
     cases_json = {}
@@ -225,23 +226,6 @@ def main() -> None:
         print(f"{name:15s} EDM params {n:10d}  same keys and shapes as ours: {shapes[0] == shapes[1]}")
         assert shapes[0] == shapes[1], name
 
-    # A genuine EDM snapshot pickle, written as EDM's training loop writes one, of the "ddpmpp" case's network.
-    loss = load_edm_module(args.edm.resolve(), "loss")
-    augment = load_edm_module(args.edm.resolve(), "augment")
-    torch.manual_seed(0)
-    ema = edm.EDMPrecond(**CASES["ddpmpp"])
-    randomize_(ema, seed=100)
-    data = dict(
-        ema=ema.eval().requires_grad_(False),
-        loss_fn=loss.EDMLoss(),
-        augment_pipe=augment.AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1),
-        dataset_kwargs=dict(
-            class_name="training.dataset.ImageFolderDataset", path="datasets/tiny-16x16.zip", use_labels=True,
-            xflip=False, cache=True, resolution=16, max_size=1000,
-        ),
-    )
-    with open(out / "edm-snapshot-tiny.pkl", "wb") as f:
-        pickle.dump(data, f)
     total = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({total / 1e6:.2f} MB)")
 
