@@ -86,7 +86,12 @@ _STANDINS: dict[str, dict[str, Any]] = {
 
 
 def standin_global(module: str, name: str) -> Callable[..., Any]:
-    """A callable that pickles as the global ``module.name`` (for tests of what the importer refuses)."""
+    """A callable that pickles as the global ``module.name`` (for tests of what the importer refuses).
+
+    ``module`` must not name a module that is imported here (``training.networks``, say): pickle would find that one.
+    """
+    if module not in _STANDINS and module in sys.modules:
+        raise ValueError(f"{module} is a real module here; pick a module name that is not imported")
     names = _STANDINS.setdefault(module, {})
     if name not in names:
         names[name] = _standin_callable(module, name)
@@ -108,7 +113,8 @@ def _standin_modules() -> Iterator[None]:
             parent, _, child = full.rpartition(".")
             setattr(mods[parent], child, mod)
     saved = {name: sys.modules.get(name) for name in mods}
-    # A real package of the same top-level name (our own ``training``) keeps its place; only missing names are added.
+    # The stand-in modules go in (over EDM's own, should those be imported; restored afterwards); their parent
+    # packages only where missing, so that a real package of the same name (our own ``training``) keeps its place.
     added = [name for name in mods if name not in sys.modules or name in _STANDINS]
     try:
         for name in added:

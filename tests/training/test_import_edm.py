@@ -317,7 +317,7 @@ class ByClass:
     [
         ("loss_fn", "training.loss", "EDMLoss"),  # EDM's own module, but pickled by class: unknown here
         ("augment_pipe", "training.augment", "AugmentPipe"),
-        ("ema", "training.networks", "EDMPrecond"),
+        ("ema", "training.song_unet", "SongUNet"),
         ("ema", "torch_utils.persistence", "persistent_class"),
     ],
 )
