@@ -245,7 +245,7 @@ def measure_raw(
 
     from service.backends import create_backend
     from service.config import Settings
-    from training.checkpoint import read_config
+    from training.checkpoint import read_model_config
 
     settings = Settings(
         models_dir=model_dir.parent,
@@ -257,11 +257,11 @@ def measure_raw(
     )
     if threads:
         torch.set_num_threads(threads)
-    config = read_config(model_dir)
+    config = read_model_config(model_dir, kinds=("generator",))
     backend = create_backend(backend_name, model_dir, config, settings)
     result = RawResult(backend=backend_name, threads=threads)
     rng = np.random.default_rng(0)
-    label_dim = int(config.get("label_dim", 0))
+    label_dim = config.label_dim
     try:
         for b in sizes:
             z = rng.standard_normal((b, *backend.img_shape), dtype=np.float32)
