@@ -10,9 +10,9 @@ from starlette.staticfiles import StaticFiles
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.lifespan import ServiceState, lifespan
-from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from service.routes import generate, health, metrics, models, playground
-from service.routes.generate import GenerateFastPath
+from service.middleware import GENERATE_PATHS, ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from service.routes import health, metrics, models, playground
+from service.routes.generate import GenerateEndpoint, GenerateFastPath, openapi_paths
 
 DESCRIPTION = """One-step image generation (D2O/D2O-F generators) with dynamic request batching.
 
@@ -21,29 +21,48 @@ Errors always have the shape `{"error": {"type", "message", "field"}}`.
 
 
 class OnestepApp(FastAPI):
-    """FastAPI with the service's guards and the POST /generate fast path outside FastAPI's own middleware.
+    """FastAPI with the service's guards and POST /v1/generate (alias /generate) outside FastAPI's own middleware.
 
-    Requests pass request metrics -> API key -> body limit -> /generate fast path, then FastAPI (error
+    Requests pass request metrics -> API key -> body limit -> the generate fast path, then FastAPI (error
     handlers, routing) for everything else: the hot path skips layers that cost more CPU than a small model.
+    The generate endpoint is plain ASGI, so its OpenAPI paths are merged into FastAPI's document here.
     """
+
+    def __init__(self, state: ServiceState, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.state.service = state
+        self.generate_endpoint = GenerateEndpoint(state)
+        for path in GENERATE_PATHS:  # routed too: other methods get 405, a trailing slash the redirect
+            self.add_route(path, self.generate_endpoint, methods=["POST"], include_in_schema=False)
 
     def build_middleware_stack(self) -> Any:
         app = super().build_middleware_stack()
         state: ServiceState = self.state.service
         s = state.settings
-        app = GenerateFastPath(app, state)
+        app = GenerateFastPath(app, self.generate_endpoint)
         app = BodyLimitMiddleware(app, max_bytes=s.max_body_bytes, metrics=state.metrics)
         if s.api_keys:
             app = ApiKeyMiddleware(app, keys=s.api_keys, exempt=s.auth_exempt_paths, metrics=state.metrics)
         return RequestMetricsMiddleware(app, metrics=state.metrics)
 
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            paths, schemas = openapi_paths()
+            document["paths"] = {**paths, **document["paths"]}
+            components = document.setdefault("components", {})
+            components["schemas"] = dict(sorted({**components.get("schemas", {}), **schemas}.items()))
+            self.openapi_schema = document
+        return self.openapi_schema
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    app = OnestepApp(title="onestep", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.service = ServiceState(settings)
+    app = OnestepApp(
+        ServiceState(settings), title="onestep", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
     install_error_handlers(app)
-    for module in (generate, models, health, metrics, playground):
+    for module in (models, health, metrics, playground):
         app.include_router(module.router)
     if playground.STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")

@@ -11,11 +11,11 @@ from service.metrics import Metrics
 
 Scope = dict[str, Any]
 MODEL_SCOPE_KEY = "onestep.model"
-GENERATE_PATH = "/generate"
+GENERATE_PATHS = ("/v1/generate", "/generate")  # the endpoint, then its documented alias
 
 
 class RequestMetricsMiddleware:
-    """Times POST /generate from first byte in to last byte out, labelled by model and status."""
+    """Times POST /v1/generate (and /generate) from first byte in to last byte out, by model and status."""
 
     def __init__(self, app: Any, metrics: Metrics):
         self.app = app
@@ -23,7 +23,7 @@ class RequestMetricsMiddleware:
         self._children: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != GENERATE_PATH:
+        if scope["type"] != "http" or scope["path"] not in GENERATE_PATHS:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()

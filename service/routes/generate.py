@@ -1,4 +1,11 @@
-"""POST /generate: validate, queue for the batcher, wait (watching for disconnects) for encoded images, respond."""
+"""POST /v1/generate and its alias POST /generate: validate, queue for the batcher, wait (watching for
+disconnects) for encoded images, respond.
+
+Served by ``GenerateEndpoint``, a plain ASGI app rather than a FastAPI route: on this hardware FastAPI's
+routing, dependency and response-model layers cost more CPU per request than a small model's forward pass.
+The app routes both paths to it (so other methods get 405 and a trailing slash its redirect, as for any route)
+and ``GenerateFastPath`` hands POSTs to it ahead of FastAPI's own middleware. ``openapi_paths`` documents it.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +17,16 @@ import time
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.responses import Response
 
 from service.batcher import Batcher, EncodeFailed, InferenceFailed, Job, JobCancelled, NotAccepting, QueueFull
-from service.errors import ERROR_RESPONSES, ServiceError, error_response, validation_error_response
+from service.errors import ERROR_RESPONSES, ErrorResponse, ServiceError, error_response, validation_error_response
 from service.lifespan import ModelEntry, ServiceState
-from service.middleware import MODEL_SCOPE_KEY
+from service.middleware import GENERATE_PATHS, MODEL_SCOPE_KEY
 from service.schemas import MAX_SEED, MEDIA_TYPES, GenerateRequest, GenerateResponse
 
-router = APIRouter(tags=["generate"])
 log = logging.getLogger("service")
 
 _RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/*": ""}
@@ -109,29 +115,10 @@ async def _wait(state: ServiceState, receive: Any, batcher: Batcher, job: Job) -
         watcher.cancel()
 
 
-_IMAGE_CONTENT = {mt: {"schema": {"type": "string", "format": "binary"}} for mt in MEDIA_TYPES.values()}
-
-
-@router.post(
-    "/generate",
-    response_model=GenerateResponse,
-    summary="Generate images in one network evaluation",
-    description="JSON in, JSON out (base64 images with seeds, classes and timings). With `Accept: image/png` "
-    "(or image/jpeg, image/webp) and one image, the response is the raw image bytes, with its seed and class "
-    "in the X-Seed and X-Class-Label headers. Every response carries a Server-Timing header.",
-    responses={200: {"content": _IMAGE_CONTENT}, **ERROR_RESPONSES},
-)
-async def generate(body: GenerateRequest, request: Request) -> Any:
-    # Served by GenerateFastPath in practice; this route documents the API and runs if the fast path is off.
-    return await run_generate(
-        request.app.state.service, body, request.headers.get("accept"), request.scope, request.receive
-    )
-
-
 async def run_generate(
     state: ServiceState, body: GenerateRequest, accept: str | None, scope: dict[str, Any], receive: Any
 ) -> Response:
-    """Everything POST /generate does after the body is parsed; errors are raised as ServiceError."""
+    """Everything the endpoint does after the body is parsed; errors are raised as ServiceError."""
     t0 = time.perf_counter()
     s = state.settings
     name = body.model or state.default_model
@@ -209,22 +196,15 @@ async def run_generate(
     return Response(json.dumps(payload, separators=(",", ":")).encode(), media_type="application/json", headers=headers)
 
 
-class GenerateFastPath:
-    """Serves POST /generate straight from ASGI, skipping FastAPI's routing and dependency machinery.
-
-    Same parsing (the same pydantic model), the same ``run_generate`` and the same error bodies as the
-    documented route; on this hardware the framework layers cost more CPU per request than a small model's
-    forward pass. Every other request passes through to the app.
+class GenerateEndpoint:
+    """POST /v1/generate and /generate as an ASGI app: read the body, parse it with ``GenerateRequest``, run
+    ``run_generate``, and answer every error with the one error schema (FastAPI's handlers are not on this path).
     """
 
-    def __init__(self, app: Any, state: ServiceState):
-        self.app = app
+    def __init__(self, state: ServiceState):
         self.state = state
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/generate" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
         accept = ctype = None
         for name, value in scope["headers"]:
             if name == b"accept":
@@ -246,9 +226,27 @@ class GenerateFastPath:
         except ValidationError as e:
             response = validation_error_response([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])
         except Exception as e:  # outside FastAPI's handlers here: keep the one error schema for bugs too
-            log.exception("unhandled error on POST /generate")
+            log.exception("unhandled error on POST %s", scope["path"])
             response = error_response(500, "internal_error", f"internal error ({type(e).__name__})")
         await response(scope, receive, send)
+
+
+class GenerateFastPath:
+    """Hands POST /v1/generate and /generate to the endpoint before FastAPI's middleware and routing.
+
+    The same endpoint is what the app's routes for these paths hold, so this only skips layers; every other
+    request (other paths, other methods) passes through to the app.
+    """
+
+    def __init__(self, app: Any, endpoint: GenerateEndpoint):
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in GENERATE_PATHS and scope["method"] == "POST":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _parse(body: bytes, content_type: str | None) -> GenerateRequest:
@@ -260,3 +258,64 @@ def _parse(body: bytes, content_type: str | None) -> GenerateRequest:
             422, "validation_error", "body: expected a JSON object with Content-Type: application/json", "body"
         )
     return GenerateRequest.model_validate_json(body)
+
+
+_DESCRIPTION = (
+    "JSON in, JSON out (base64 images with seeds, classes and timings). With `Accept: image/png` (or image/jpeg, "
+    "image/webp) and one image, the response is the raw image bytes, with its seed and class in the X-Seed and "
+    "X-Class-Label headers. Successful responses carry Server-Timing and X-Batch-Size headers."
+)
+
+
+def _header(kind: str, description: str, required: bool = False) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": kind}}
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST /v1/generate and /generate as OpenAPI path items, and the component schemas they refer to.
+
+    FastAPI documents its routes from their signatures; this endpoint is plain ASGI, so its document is built
+    here from the same pydantic models it parses and answers with (``OnestepApp.openapi`` merges it in).
+    """
+    refs, defs = models_json_schema(
+        [(GenerateRequest, "validation"), (GenerateResponse, "serialization"), (ErrorResponse, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    error = {"application/json": {"schema": refs[(ErrorResponse, "serialization")]}}
+    image = {"schema": {"type": "string", "format": "binary"}}
+    paths = {}
+    for path in GENERATE_PATHS:
+        responses: dict[str, Any] = {
+            "200": {
+                "description": "The images as JSON; with `Accept: image/...` and one image, its raw bytes.",
+                "headers": {
+                    "Server-Timing": _header("string", "queue, inference, encode and total time (ms).", True),
+                    "X-Batch-Size": _header("integer", "Size of the largest batch the images ran in.", True),
+                    "X-Seed": _header("integer", "Raw image responses: the image's seed."),
+                    "X-Class-Label": _header("integer", "Raw image responses: its class (conditional models)."),
+                },
+                "content": {
+                    "application/json": {"schema": refs[(GenerateResponse, "serialization")]},
+                    **{media_type: image for media_type in MEDIA_TYPES.values()},
+                },
+            }
+        }
+        for code, doc in ERROR_RESPONSES.items():
+            responses[str(code)] = {"description": doc["description"], "content": error}
+        responses["401"]["headers"] = {"WWW-Authenticate": _header("string", "Bearer", True)}
+        responses["503"]["headers"] = {"Retry-After": _header("integer", "Seconds to wait before retrying.", True)}
+        alias = path != GENERATE_PATHS[0]
+        paths[path] = {
+            "post": {
+                "tags": ["generate"],
+                "summary": "Generate images in one network evaluation" + (f" ({GENERATE_PATHS[0]})" if alias else ""),
+                "description": _DESCRIPTION + (f" The same endpoint as POST {GENERATE_PATHS[0]}." if alias else ""),
+                "operationId": "generate" + path.replace("/", "_") + "_post",  # FastAPI's naming
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": refs[(GenerateRequest, "validation")]}},
+                },
+                "responses": responses,
+            }
+        }
+    return paths, defs.get("$defs", {})
