@@ -1,4 +1,4 @@
-"""POST /generate happy paths: JSON and raw images, formats, labels, seeds, splitting, playground."""
+"""POST /v1/generate (and /generate) happy paths: JSON and raw images, formats, labels, seeds, splitting, playground."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import httpx
 import numpy as np
 import pytest
 
+from service.middleware import GENERATE_PATHS
 from tests.service.conftest import CLASS_NAMES, COND, UNCOND, LiveServer
 from tests.service.helpers import decode, decode_json_images, max_diff
 
 
-def test_json_response_shape(client: httpx.Client) -> None:
-    r = client.post("/generate", json={"num_images": 3, "class_labels": 4, "seed": 10})
+@pytest.mark.parametrize("path", GENERATE_PATHS)
+def test_json_response_shape(client: httpx.Client, path: str) -> None:
+    r = client.post(path, json={"num_images": 3, "class_labels": 4, "seed": 10})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == COND
@@ -108,4 +110,5 @@ def test_health_and_playground(client: httpx.Client) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<html" in page.text.lower()
     schema = client.get("/openapi.json").json()
-    assert "/generate" in schema["paths"] and "examples" in str(schema["components"]["schemas"]["GenerateRequest"])
+    assert {"/v1/generate", "/generate"} <= set(schema["paths"])
+    assert "examples" in str(schema["components"]["schemas"]["GenerateRequest"])

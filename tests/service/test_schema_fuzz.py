@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.middleware import GENERATE_PATHS
 from tests.service.conftest import LiveServer
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -17,14 +18,15 @@ def test_openapi_fuzz(server: LiveServer) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
-        "POST /generate", "GET /v1/models", "GET /healthz", "GET /readyz", "GET /metrics"
+        "POST /v1/generate", "POST /generate", "GET /v1/models", "GET /healthz", "GET /readyz", "GET /metrics"
     }  # fmt: skip
     checks = [not_a_server_error, response_schema_conformance]
-    # Valid and invalid bodies for POST /generate; the GET routes take no input, so only valid calls exist.
+    # Valid and invalid bodies for POST /v1/generate and /generate; the GET routes take no input, so only valid
+    # calls exist.
     runs = [(op, mode) for op in operations for mode in schemathesis.GenerationMode if op.method.upper() == "POST"]
     runs += [(op, schemathesis.GenerationMode.POSITIVE) for op in operations if op.method.upper() != "POST"]
     for op, mode in runs:
-        examples = 40 if op.path == "/generate" else 3
+        examples = 40 if op.path in GENERATE_PATHS else 3
 
         @hypothesis.settings(
             max_examples=examples,
