@@ -61,7 +61,7 @@ class GeneratedImage:
 
 @dataclass(frozen=True)
 class Generation:
-    """One ``POST /generate`` answer: the images and the server's timing for the request."""
+    """One ``POST /v1/generate`` answer: the images and the server's timing for the request."""
 
     model: str
     images: list[GeneratedImage]
@@ -157,7 +157,7 @@ class OnestepClient:
         model: str | None = None,
     ) -> Generation:
         response = self._http.post(
-            "/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
+            "/v1/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
         )
         raise_for_error(response)
         return parse_generation(response.json())
@@ -184,7 +184,7 @@ class OnestepClient:
     ) -> bytes:
         """One image as raw bytes (``Accept: image/<format>``), skipping the JSON/base64 wrapping."""
         body = generate_body(1, class_label, seed, format, quality, model)
-        response = self._http.post("/generate", json=body, headers={"Accept": f"image/{format}"})
+        response = self._http.post("/v1/generate", json=body, headers={"Accept": f"image/{format}"})
         raise_for_error(response)
         return response.content
 
@@ -239,7 +239,7 @@ class AsyncOnestepClient:
         model: str | None = None,
     ) -> Generation:
         response = await self._http.post(
-            "/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
+            "/v1/generate", json=generate_body(num_images, class_labels, seed, format, quality, model)
         )
         raise_for_error(response)
         return parse_generation(response.json())
@@ -264,7 +264,7 @@ class AsyncOnestepClient:
         model: str | None = None,
     ) -> bytes:
         body = generate_body(1, class_label, seed, format, quality, model)
-        response = await self._http.post("/generate", json=body, headers={"Accept": f"image/{format}"})
+        response = await self._http.post("/v1/generate", json=body, headers={"Accept": f"image/{format}"})
         raise_for_error(response)
         return response.content
 
