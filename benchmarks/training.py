@@ -34,6 +34,7 @@ from training.loop import LoopOptions, run_training
 from training.pretrain import build_parser as pretrain_parser
 from training.pretrain import run_config_from_args as pretrain_config
 from training.pretrain_task import build_task as build_pretrain
+from training.run_config import PretrainConfig
 
 # ---------------------------------------------------------------- loop: the loop against the bare step
 
@@ -50,10 +51,10 @@ def bare_step_rate(task, images: torch.Tensor, labels: torch.Tensor, steps: int)
     return steps * images.shape[0] / (time.perf_counter() - start)
 
 
-def loop_rate(task, stream, cfg: dict, steps: int, run_dir: Path, resume: bool) -> float:
+def loop_rate(task, stream, cfg: PretrainConfig, steps: int, run_dir: Path, resume: bool) -> float:
     """Images/s of the real loop over ``steps`` steps, read from its stats line (snapshot time excluded)."""
     options = LoopOptions(
-        total_kimg=1e9, batch_size=cfg["batch"], tick_kimg=1e9, snapshot_ticks=10**9, snapshot_minutes=1e9
+        total_kimg=1e9, batch_size=cfg.batch, tick_kimg=1e9, snapshot_ticks=10**9, snapshot_minutes=1e9
     )
     task.sample_images = lambda: torch.zeros(1, task.net.img_channels, 4, 4)  # grids are not what we time
     task.export_model = lambda out_dir, images_seen: None
@@ -133,7 +134,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     )
     pre_task, pre_stream = build_pretrain(pre_cfg, world)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = save_model(pre_task.ema.net, Path(tmp) / "teacher", class_names=pre_cfg["class_names"])
+        teacher = save_model(pre_task.ema.net, Path(tmp) / "teacher", class_names=list(pre_task.cfg.class_names))
         _, ft_args = finetune_args(
             [
                 "--teacher", str(teacher), "--data", data, "--batch", str(args.batch),

@@ -7,12 +7,14 @@ run dir, which the CLIs hand on.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from training.distributed import World
-from training.rundir import load_run_config
+from training.run_config import ConfigError, RunConfig
+
+C = TypeVar("C", bound=RunConfig)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -32,19 +34,23 @@ def resolve_run_config(
     args: argparse.Namespace,
     argv: Sequence[str] | None,
     world: World,
-    from_args: Callable[[argparse.Namespace], dict[str, Any]],
-) -> tuple[dict[str, Any], Path | None]:
+    config_type: type[C],
+) -> tuple[C, Path | None]:
     """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` wins) and its dir.
 
-    Otherwise a new config from the arguments and no dir yet (``training.rundir.open_run_dir`` makes it).
+    Otherwise a new config from the arguments and no dir yet (``training.rundir.open_run_dir`` makes it). A bad
+    option value ends the process with the parser's usage message.
     """
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg = load_run_config(run_dir)
-        if "duration" in given_options(parser, argv):
-            cfg["duration"] = args.duration
-        return cfg, run_dir
-    cfg = from_args(args)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            cfg = config_type.read(run_dir)
+            if "duration" in given_options(parser, argv):
+                cfg = cfg.replace(duration=args.duration)
+            return cfg, run_dir
+        cfg = config_type.from_options(vars(args))
+    except ConfigError as e:
+        parser.error(str(e))
     if args.batch % world.world_size:
         parser.error(f"--batch {args.batch} is not divisible by {world.world_size} processes")
     return cfg, None

@@ -10,6 +10,7 @@ batch of B real images, B generated ones with the real batch's labels; "images" 
    the reals is added to the same step (so no extra optimizer step and no Adam correction are needed).
 2. G step: L_G = softplus(-D(G(z))) (non-saturating), plus ``distill_weight`` times the distance between G and the
    teacher's Heun output on pairs from ``training.make_pairs`` when the objective includes ``distill``.
+The losses are ``training.losses.D2OLoss`` and ``DistillLoss``; the options a ``training.run_config.FinetuneConfig``.
 Adam betas (0, 0.99) for both nets, EMA of G with EDM's half-life ramp. All per-step randomness (z, pair order)
 comes from (seed, step) for the whole global batch, so a torchrun step equals a single-process one; gradients
 are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, which DDP does not support).
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from training.checkpoint import build_precond, precond_kwargs, save_model
 from training.cli import resolve_run_config
@@ -34,22 +34,20 @@ from training.discriminator import (
     TeacherEncoder,
     build_discriminator,
     count_trainable,
-    feature_distance,
 )
 from training.distributed import World, broadcast_module, init_distributed, shutdown_distributed
 from training.ema import EMA
 from training.freeze import FREEZE_MODES, FreezeReport, apply_freeze
 from training.images import GRID_SEED, grid_labels
 from training.loop import LoopOptions, RunLog, run_training
+from training.losses import D2OLoss, DistillLoss
 from training.make_pairs import PairsReader
 from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.presets import preset_args, preset_names
+from training.run_config import DISCS, DISTILL_LOSSES, OBJECTIVES, FinetuneConfig
 from training.rundir import open_run_dir
 from training.sampling import seeded_noise
 from training.teacher import Teacher, load_teacher
-
-OBJECTIVES = ("gan", "distill", "gan+distill")
-DISCS = ("teacher", "scratch", "backbone")
 
 
 def build_generator(teacher: EDMPrecond, dropout: float | None = 0.0, sigma: float = SIGMA_MAX) -> OneStepGenerator:
@@ -85,25 +83,24 @@ class FinetuneTask:
         generator: OneStepGenerator,
         disc: Discriminator | None,
         world: World,
-        cfg: dict[str, Any],
+        cfg: FinetuneConfig,
         teacher: Teacher | None = None,
         pairs: PairsReader | None = None,
     ):
         self.world = world
         self.cfg = cfg
-        self.objective = cfg["objective"]
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        self.use_gan = self.objective != "distill"
-        self.use_distill = self.objective != "gan"
+        self.objective = cfg.objective
+        self.use_gan = cfg.use_gan
+        self.use_distill = cfg.use_distill
         device = world.device
         self.g = generator.to(device).train()
         self.net = self.g.denoiser
-        self.freeze: FreezeReport = apply_freeze(self.net, cfg["freeze"])
+        self.freeze: FreezeReport = apply_freeze(self.net, cfg.freeze)
         broadcast_module(self.net, world)
         self.g_params = [p for p in self.net.parameters() if p.requires_grad]
-        self.g_opt = torch.optim.Adam(self.g_params, lr=cfg["g_lr"], betas=(0.0, 0.99), eps=1e-8)
-        self.ema = EMA(self.net, halflife_kimg=cfg["ema_halflife_kimg"], rampup_ratio=cfg["ema_rampup"])
+        self.g_opt = torch.optim.Adam(self.g_params, lr=cfg.g_lr, betas=(0.0, 0.99), eps=1e-8)
+        self.ema = EMA(self.net, halflife_kimg=cfg.ema_halflife_kimg, rampup_ratio=cfg.ema_rampup)
+        self.gan_loss = D2OLoss(r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
         self.disc = disc
         if self.use_gan:
             if disc is None:
@@ -111,22 +108,24 @@ class FinetuneTask:
             self.disc = disc.to(device).train()
             broadcast_module(self.disc, world)
             self.d_params = self.disc.trainable_parameters()
-            self.d_opt = torch.optim.Adam(self.d_params, lr=cfg["d_lr"], betas=(0.0, 0.99), eps=1e-8)
+            self.d_opt = torch.optim.Adam(self.d_params, lr=cfg.d_lr, betas=(0.0, 0.99), eps=1e-8)
         self.pairs = pairs
-        self.distill_backbone: TeacherEncoder | None = None
+        self.distill_loss: DistillLoss | None = None
         if self.use_distill:
             if pairs is None:
                 raise ValueError(f"objective {self.objective!r} needs --pairs (python -m training.make_pairs)")
-            if cfg["distill_loss"] == "feature":
+            backbone = None
+            if cfg.distill_loss == "feature":
                 if teacher is None:
                     raise ValueError("--distill-loss feature needs the teacher")
-                self.distill_backbone = TeacherEncoder(teacher.net.to(device), cfg["disc_sigmas"])
-        self.batch_size = cfg["batch"]
+                backbone = TeacherEncoder(teacher.net.to(device), cfg.disc_sigmas)
+            self.distill_loss = DistillLoss(cfg.distill_loss, backbone=backbone)
+        self.batch_size = cfg.batch
         self.label_dim = self.net.label_dim
         self.img_shape = self.g.img_shape
         self.last_r1 = 0.0
         self._pair_perms: dict[int, torch.Tensor] = {}
-        n = cfg["grid_size"]
+        n = cfg.grid_size
         self.grid_noise = seeded_noise(range(GRID_SEED, GRID_SEED + n), self.img_shape)
         self.grid_labels = grid_labels(self.label_dim, n)
         self.grid_cols = self.label_dim or None  # one column per class
@@ -143,7 +142,7 @@ class FinetuneTask:
         out = torch.empty_like(pos)
         for epoch in pos.div(num, rounding_mode="floor").unique().tolist():
             if epoch not in self._pair_perms:
-                g = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + 104729 * epoch + 17)
+                g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 104729 * epoch + 17)
                 self._pair_perms[epoch] = torch.randperm(num, generator=g)
                 for old in [e for e in self._pair_perms if e < epoch - 1]:
                     del self._pair_perms[old]
@@ -158,7 +157,7 @@ class FinetuneTask:
             p.requires_grad_(flag)
 
     def r1_due(self, step: int) -> bool:
-        return self.cfg["r1_gamma"] > 0 and self.cfg["r1_interval"] > 0 and step % self.cfg["r1_interval"] == 0
+        return self.gan_loss.r1_due(step)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
         cfg = self.cfg
@@ -170,54 +169,41 @@ class FinetuneTask:
 
         fake = None
         if self.use_gan:
-            gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)]
             fake = self.g(z.to(device), y)
 
             # D step on reals and (detached) fakes in one forward, with lazy R1 on its interval.
             self._set_d_grad(True)
             self.d_opt.zero_grad(set_to_none=True)
-            r1_step = self.r1_due(step)
-            real = images.detach().requires_grad_(r1_step)
-            both = self.disc(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None)
-            logits_real, logits_fake = both[:per_rank], both[per_rank:]
-            loss_d = F.softplus(-logits_real).mean(0).sum() + F.softplus(logits_fake).mean(0).sum()
-            loss_r1 = torch.zeros((), device=device)
-            if r1_step:
-                (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
-                penalty = grad.square().sum(dim=(1, 2, 3)).mean()
-                loss_r1 = penalty * (cfg["r1_gamma"] / 2) * cfg["r1_interval"]
-                self.last_r1 = penalty.item()
-            (loss_d + loss_r1).backward()
+            d = self.gan_loss.discriminator_loss(self.disc, images, fake, y, step)
+            if d.penalty is not None:
+                self.last_r1 = d.penalty.item()
+            d.total.backward()
             _average_grads(self.d_params, self.world)
             self.d_opt.step()
             self._set_d_grad(False)
             stats.update(
-                loss_d=loss_d.item(),
-                loss_r1=loss_r1.item(),
+                loss_d=d.loss.item(),
+                loss_r1=d.r1.item(),
                 r1_penalty=self.last_r1,
-                d_real=logits_real.detach().mean().item(),
-                d_fake=logits_fake.detach().mean().item(),
+                d_real=d.logits_real.detach().mean().item(),
+                d_fake=d.logits_fake.detach().mean().item(),
             )
 
         # G step.
         self.g_opt.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=device)
         if self.use_gan:
-            loss_gan = F.softplus(-self.disc(fake, y)).mean(0).sum()
+            loss_gan = self.gan_loss.generator_loss(self.disc, fake, y)
             loss_g = loss_g + loss_gan
             stats["loss_g"] = loss_gan.item()
         if self.use_distill:
             zp, yp, target = self.pairs.get(self._pair_indices(step, per_rank))
             zp, target = zp.to(device), target.to(device)
             yp = yp.to(device) if self.label_dim else None
-            pred = self.g(zp, yp)
-            if cfg["distill_loss"] == "feature":
-                dist = feature_distance(self.distill_backbone, pred, target, yp)
-            else:
-                dist = (pred - target).square().mean(dim=(1, 2, 3))
-            loss_distill = dist.mean()
-            loss_g = loss_g + cfg["distill_weight"] * loss_distill
+            loss_distill = self.distill_loss(self.g(zp, yp), target, yp)
+            loss_g = loss_g + cfg.distill_weight * loss_distill
             stats["loss_distill"] = loss_distill.item()
         loss_g.backward()
         _average_grads(self.g_params, self.world)
@@ -266,18 +252,18 @@ class FinetuneTask:
         save_model(
             self.ema_generator(),
             out_dir,
-            name=cfg["desc"],
-            class_names=cfg.get("class_names") or None,
+            name=cfg.desc,
+            class_names=list(cfg.class_names) or None,
             extra=dict(
-                dataset=dict(spec=cfg["data"], resolution=self.net.img_resolution),
+                dataset=dict(spec=cfg.data, resolution=self.net.img_resolution),
                 training=dict(
                     stage="finetune",
                     images_seen=images_seen,
-                    freeze=cfg["freeze"],
+                    freeze=cfg.freeze,
                     frozen_fraction=round(self.freeze.fraction, 6),
-                    objective=cfg["objective"],
-                    disc=cfg["disc"],
-                    teacher=cfg.get("teacher_info", {"path": cfg.get("teacher")}),
+                    objective=cfg.objective,
+                    disc=cfg.disc,
+                    teacher=dict(cfg.teacher_info) if cfg.teacher_info is not None else {"path": cfg.teacher},
                 ),
             ),
         )
@@ -315,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--r1-gamma", type=float, default=1e-4, help="R1 weight on reals (0 = off)")
     g.add_argument("--r1-interval", type=int, default=16, help="apply R1 every this many D steps, scaled by it")
     g.add_argument("--pairs", default=None, help="pairs dir from python -m training.make_pairs (distill objectives)")
-    g.add_argument("--distill-loss", default="l2", choices=["l2", "feature"], help="distance for distill objectives")
+    g.add_argument("--distill-loss", default="l2", choices=DISTILL_LOSSES, help="distance for distill objectives")
     g.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distill term")
     g.add_argument("--sigma", type=float, default=SIGMA_MAX, help="the generator's noise level")
     g = p.add_argument_group("optimization")
@@ -358,57 +344,55 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     return parser, args
 
 
-def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    skip = ("resume", "max_steps", "device", "threads")
-    cfg = {k: v for k, v in vars(args).items() if k not in skip}
-    cfg["desc"] = args.desc or "-".join(
-        [args.data.split(":")[0].split("/")[-1].removesuffix(".zip"), args.objective.replace("+", "-"), args.freeze]
-    )
-    return cfg
+def run_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """A new run's config from its arguments (``--desc`` defaults to data-objective-freeze)."""
+    return FinetuneConfig.from_options(vars(args))
 
 
-def build_task(cfg: dict[str, Any], world: World) -> tuple[FinetuneTask, BatchStream]:
-    teacher = load_teacher(cfg["teacher"], device=world.device)
-    known = cfg.get("teacher_info", {}).get("fingerprint")
+def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchStream]:
+    """The task and this rank's batch stream; the task's ``cfg`` is ``cfg`` with the teacher's record and the
+    class names filled in (what the run dir's config.json holds)."""
+    teacher = load_teacher(cfg.teacher, device=world.device)
+    known = (cfg.teacher_info or {}).get("fingerprint")
     if known and known != teacher.info["fingerprint"]:
-        raise ValueError(f"--teacher {cfg['teacher']}: its weights changed since this run started; cannot resume")
-    cfg["teacher_info"] = teacher.info
+        raise ValueError(f"--teacher {cfg.teacher}: its weights changed since this run started; cannot resume")
     net = teacher.net
     dataset = open_dataset(
-        cfg["data"], split="train", resolution=net.img_resolution, path=cfg["data_path"], channels=net.img_channels
+        cfg.data, split="train", resolution=net.img_resolution, path=cfg.data_path, channels=net.img_channels
     )
     if (dataset.channels, dataset.resolution) != (net.img_channels, net.img_resolution):
         raise ValueError(
-            f"--data {cfg['data']}: {dataset.channels}x{dataset.resolution}px images, but the teacher makes "
+            f"--data {cfg.data}: {dataset.channels}x{dataset.resolution}px images, but the teacher makes "
             f"{net.img_channels}x{net.img_resolution}px"
         )
     if net.label_dim and dataset.num_classes != net.label_dim:
         raise ValueError(
-            f"--data {cfg['data']}: {dataset.num_classes} classes, but the teacher is conditional on {net.label_dim}"
+            f"--data {cfg.data}: {dataset.num_classes} classes, but the teacher is conditional on {net.label_dim}"
         )
-    cfg["class_names"] = teacher.class_names or (list(dataset.class_names) if net.label_dim else [])
+    class_names = teacher.class_names or (list(dataset.class_names) if net.label_dim else [])
+    cfg = cfg.replace(teacher_info=teacher.info, class_names=tuple(class_names))
     pairs = None
-    if cfg["objective"] != "gan":
-        pairs = PairsReader(cfg["pairs"])
+    if cfg.use_distill:
+        pairs = PairsReader(cfg.pairs)
         if pairs.meta.get("teacher_fingerprint") != teacher.info["fingerprint"]:
-            raise ValueError(f"--pairs {cfg['pairs']}: made from another teacher than --teacher {cfg['teacher']}")
-    generator = build_generator(net, dropout=cfg["dropout"], sigma=cfg["sigma"])
-    torch.manual_seed(cfg["seed"])  # D's initialization: the same on every rank
+            raise ValueError(f"--pairs {cfg.pairs}: made from another teacher than --teacher {cfg.teacher}")
+    generator = build_generator(net, dropout=cfg.dropout, sigma=cfg.sigma)
+    torch.manual_seed(cfg.seed)  # D's initialization: the same on every rank
     disc = None
-    if cfg["objective"] != "distill":
+    if cfg.use_gan:
         disc = build_discriminator(
-            cfg["disc"],
+            cfg.disc,
             teacher=net,
             img_channels=net.img_channels,
             img_resolution=net.img_resolution,
             label_dim=net.label_dim,
-            width=cfg["disc_width"],
-            sigmas=cfg["disc_sigmas"],
-            backbone_weights=cfg["disc_backbone"],
-            backbone_config=cfg["disc_backbone_config"],
+            width=cfg.disc_width,
+            sigmas=cfg.disc_sigmas,
+            backbone_weights=cfg.disc_backbone,
+            backbone_config=cfg.disc_backbone_config,
         )
     task = FinetuneTask(generator, disc, world, cfg, teacher=teacher, pairs=pairs)
-    stream = BatchStream(dataset, cfg["batch"], seed=cfg["seed"], rank=world.rank, world_size=world.world_size)
+    stream = BatchStream(dataset, cfg.batch, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
     return task, stream
 
 
@@ -430,15 +414,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     world = init_distributed(args.device)
     try:
-        cfg, run_dir = resolve_run_config(parser, args, argv, world, run_config_from_args)
+        cfg, run_dir = resolve_run_config(parser, args, argv, world, FinetuneConfig)
         task, stream = build_task(cfg, world)
+        cfg = task.cfg  # with the teacher's record and the class names
         info = describe(task)
         if run_dir is None:
             run_dir = open_run_dir(cfg, world, info)
         log = RunLog(run_dir if world.is_main else None)
-        log(f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg['teacher_info']['model_dir']}")
+        log(f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg.teacher_info['model_dir']}")
         log(
-            f"objective {cfg['objective']}  disc {cfg['disc']}  G {info['generator_parameters']:,} parameters, "
+            f"objective {cfg.objective}  disc {cfg.disc}  G {info['generator_parameters']:,} parameters, "
             f"{info['generator_trainable']:,} trainable  D {info.get('discriminator_trainable', 0):,} trainable"
         )
         log(str(task.freeze))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from training.checkpoint import load_state, save_state
 from training.distributed import World, all_reduce_mean, barrier
 from training.images import save_image_grid
+from training.run_config import RunConfig
 from training.rundir import STATE_NAME
 
 
@@ -55,15 +56,15 @@ class LoopOptions:
     seed: int = 0
 
     @classmethod
-    def from_run_config(cls, cfg: dict[str, Any]) -> LoopOptions:
-        """The loop's options from a run's config.json (the keys pretrain and finetune share)."""
+    def from_run_config(cls, cfg: RunConfig) -> LoopOptions:
+        """The loop's options from a run's config (the fields pretrain and finetune share)."""
         return cls(
-            total_kimg=cfg["duration"],
-            batch_size=cfg["batch"],
-            tick_kimg=cfg["tick"],
-            snapshot_ticks=cfg["snap"],
-            snapshot_minutes=cfg["snap_minutes"],
-            seed=cfg["seed"],
+            total_kimg=cfg.duration,
+            batch_size=cfg.batch,
+            tick_kimg=cfg.tick,
+            snapshot_ticks=cfg.snap,
+            snapshot_minutes=cfg.snap_minutes,
+            seed=cfg.seed,
         )
 
 

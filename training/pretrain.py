@@ -16,6 +16,7 @@ from training.distributed import init_distributed, shutdown_distributed
 from training.loop import LoopOptions, run_training
 from training.precond import count_parameters
 from training.pretrain_task import build_task
+from training.run_config import PretrainConfig
 from training.rundir import open_run_dir
 
 # ---------------------------------------------------------------- command line
@@ -63,10 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "max_steps", "device", "threads")}
-    cfg["desc"] = args.desc or f"{args.data.split(':')[0]}-{args.arch}"
-    return cfg
+def run_config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """A new run's config from its arguments (``--desc`` defaults to data-arch)."""
+    return PretrainConfig.from_options(vars(args))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     world = init_distributed(args.device)
     try:
-        cfg, run_dir = resolve_run_config(parser, args, argv, world, run_config_from_args)
+        cfg, run_dir = resolve_run_config(parser, args, argv, world, PretrainConfig)
         task, stream = build_task(cfg, world)
+        cfg = task.cfg  # with the data set's class names
         if run_dir is None:
             run_dir = open_run_dir(cfg, world, {"parameters": count_parameters(task.net)})
         if world.is_main:

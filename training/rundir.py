@@ -18,6 +18,7 @@ import torch
 from training.checkpoint import CheckpointError, load_state, read_json_object
 from training.distributed import World
 from training.pretrain_task import build_task
+from training.run_config import ConfigError, PretrainConfig, RunConfig
 
 STATE_NAME = "training-state.pt"
 
@@ -38,12 +39,13 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def open_run_dir(cfg: dict[str, Any], world: World, extra: dict[str, Any]) -> Path:
-    """Rank 0 creates ``outdir/NNNNN-desc`` and writes its config.json; every rank learns the path."""
+def open_run_dir(cfg: RunConfig, world: World, extra: dict[str, Any]) -> Path:
+    """Rank 0 creates ``outdir/NNNNN-desc`` and writes its config.json (the options, the world size, ``extra``);
+    every rank learns the path."""
     run_dir = None
     if world.is_main:
-        run_dir = create_run_dir(cfg["outdir"], cfg["desc"])
-        save_run_config(run_dir, {**cfg, "world_size": world.world_size, **extra})
+        run_dir = create_run_dir(cfg.outdir, cfg.desc)
+        save_run_config(run_dir, {**cfg.to_json(), "world_size": world.world_size, **extra})
     return share_path(run_dir, world)
 
 
@@ -60,13 +62,6 @@ def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_json(run_dir / "config.json", config)
 
 
-def load_run_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run config (is {run_dir} a run dir?)")
-    return json.loads(path.read_text())
-
-
 def export_state_snapshot(run_dir: str | Path) -> Path | None:
     """Write ``network-snapshot-KKKKKK`` (EMA weights) from a pre-training run's ``training-state.pt``.
 
@@ -81,8 +76,12 @@ def export_state_snapshot(run_dir: str | Path) -> Path | None:
     cfg = read_json_object(config_path, "a pre-training run dir holds its run config.json")
     if "kind" in cfg or "teacher" in cfg or "arch" not in cfg:  # a model dir, or a fine-tune run
         return None
+    try:
+        config = PretrainConfig.from_json(cfg, source=config_path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
     with torch.random.fork_rng(devices=[]):  # build_task seeds torch; callers keep their RNG state
-        task, _ = build_task(dict(cfg), World())
+        task, _ = build_task(config, World())
     state = load_state(state_path)
     try:
         task.ema.net.load_state_dict(state["task"]["ema"])  # the exported weights; net and optimizer are unused

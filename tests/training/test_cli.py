@@ -6,7 +6,8 @@ import pytest
 
 from training.cli import given_options, resolve_run_config
 from training.distributed import World
-from training.pretrain import build_parser, run_config_from_args
+from training.pretrain import build_parser
+from training.run_config import PretrainConfig
 
 
 def test_given_options_are_the_explicit_ones_whatever_the_default():
@@ -21,12 +22,25 @@ def test_resume_keeps_the_saved_config_but_an_explicit_duration(tmp_path, extra,
     (tmp_path / "config.json").write_text(json.dumps({"duration": 7, "batch": 8}))
     parser = build_parser()
     argv = ["--resume", str(tmp_path), *extra]
-    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), run_config_from_args)
-    assert run_dir == tmp_path and cfg == {"duration": duration, "batch": 8}
+    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), PretrainConfig)
+    assert run_dir == tmp_path and (cfg.duration, cfg.batch) == (duration, 8)
+    assert cfg.lr == PretrainConfig.lr  # an option the saved config lacks (an older run) takes its default
 
 
 def test_a_new_run_gets_its_config_from_the_arguments():
     parser = build_parser()
     argv = ["--batch", "16", "--data", "synthetic:8"]
-    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), run_config_from_args)
-    assert run_dir is None and cfg["batch"] == 16 and cfg["desc"] == "synthetic-fmnist"
+    cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), PretrainConfig)
+    assert run_dir is None and cfg.batch == 16 and cfg.desc == "synthetic-fmnist"
+
+
+def test_a_bad_option_value_is_a_usage_error(tmp_path, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        resolve_run_config(parser, parser.parse_args(["--batch", "0"]), ["--batch", "0"], World(), PretrainConfig)
+    assert "field 'batch' must be >= 1" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"batch": "8"}))
+    argv = ["--resume", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        resolve_run_config(parser, parser.parse_args(argv), argv, World(), PretrainConfig)
+    assert f"{tmp_path / 'config.json'}: field 'batch' must be of type int" in capsys.readouterr().err

@@ -11,17 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from training.checkpoint import load_model, load_state, read_config
+from training.checkpoint import load_model, load_state, read_model_config
+from training.discriminator import feature_distance
 from training.distributed import World, init_distributed, shutdown_distributed
-from training.finetune import build_task, main, parse_args, run_config_from_args
+from training.finetune import _average_grads, build_task, main, parse_args, run_config_from_args
 from training.freeze import frozen_names
 from training.make_pairs import make_pairs
+from training.run_config import FinetuneConfig
 
 BATCH = 4
 
 
-def make_cfg(teacher_dir: Path, outdir: Path, *extra: str) -> dict:
+def make_cfg(teacher_dir: Path, outdir: Path, *extra: str) -> FinetuneConfig:
     _, args = parse_args(
         [
             "--teacher", str(teacher_dir),
@@ -81,6 +84,73 @@ def test_r1_only_on_interval_and_scaled(tiny_denoiser_dir: Path, tmp_path: Path)
     assert run_steps(task, stream, range(interval + 1, interval + 2))[0]["r1_penalty"] == s["r1_penalty"]
 
 
+def _reference_step(task, images, labels, step: int, images_seen: int) -> dict[str, float]:
+    """The fine-tune step as it was written before its losses moved into training.losses: the formulas inline."""
+    cfg, device, per_rank = task.cfg, images.device, images.shape[0]
+    y = labels if task.label_dim else None
+    stats: dict[str, float] = {}
+    task.g.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    z = torch.randn((task.batch_size, *task.img_shape), generator=gen)[task._rank_slice(per_rank)]
+    fake = task.g(z.to(device), y)
+    task._set_d_grad(True)
+    task.d_opt.zero_grad(set_to_none=True)
+    r1_step = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and step % cfg.r1_interval == 0
+    real = images.detach().requires_grad_(r1_step)
+    both = task.disc(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None)
+    logits_real, logits_fake = both[:per_rank], both[per_rank:]
+    loss_d = F.softplus(-logits_real).mean(0).sum() + F.softplus(logits_fake).mean(0).sum()
+    loss_r1 = torch.zeros((), device=device)
+    if r1_step:
+        (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
+        penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+        loss_r1 = penalty * (cfg.r1_gamma / 2) * cfg.r1_interval
+        task.last_r1 = penalty.item()
+    (loss_d + loss_r1).backward()
+    _average_grads(task.d_params, task.world)
+    task.d_opt.step()
+    task._set_d_grad(False)
+    stats.update(loss_d=loss_d.item(), loss_r1=loss_r1.item(), r1_penalty=task.last_r1)
+    task.g_opt.zero_grad(set_to_none=True)
+    loss_gan = F.softplus(-task.disc(fake, y)).mean(0).sum()
+    stats["loss_g"] = loss_gan.item()
+    loss_g = torch.zeros((), device=device) + loss_gan
+    if task.use_distill:
+        zp, yp, target = task.pairs.get(task._pair_indices(step, per_rank))
+        pred = task.g(zp, yp)
+        dist = feature_distance(task.distill_loss.backbone, pred, target, yp)
+        loss_distill = dist.mean()
+        loss_g = loss_g + cfg.distill_weight * loss_distill
+        stats["loss_distill"] = loss_distill.item()
+    loss_g.backward()
+    _average_grads(task.g_params, task.world)
+    task.g_opt.step()
+    task.ema.update(task.net, task.batch_size, images_seen + task.batch_size)
+    return stats
+
+
+@pytest.mark.parametrize("objective", ["gan", "gan+distill"])
+def test_steps_equal_the_inline_formulas_they_replaced(tiny_denoiser_dir: Path, tmp_path: Path, objective: str):
+    """Same seeds, same batches: D2OLoss/DistillLoss give the losses and updates of the old inline step, bit for bit."""
+    extra = ["--r1-interval", "2", "--r1-gamma", "0.5", "--objective", objective]
+    if objective != "gan":
+        make_pairs(tiny_denoiser_dir, 6, tmp_path / "pairs", nfe=1, chunk=4, log=lambda msg: None)
+        extra += ["--pairs", str(tmp_path / "pairs"), "--distill-loss", "feature", "--distill-weight", "0.5"]
+    new, stream_a = build_task(make_cfg(tiny_denoiser_dir, tmp_path, *extra), World())
+    old, stream_b = build_task(make_cfg(tiny_denoiser_dir, tmp_path, *extra), World())
+    for step in range(3):  # R1 on steps 0 and 2
+        images, labels = next(stream_a)
+        images_b, labels_b = next(stream_b)
+        assert torch.equal(images, images_b)
+        got = new.train_step(images, labels, step, step * BATCH)
+        want = _reference_step(old, images_b, labels_b, step, step * BATCH)
+        assert {k: got[k] for k in want} == want, step
+        assert (got["loss_r1"] > 0) == (step % 2 == 0)
+    for a, b in [(new.net, old.net), (new.ema.net, old.ema.net), (new.disc, old.disc)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def _state_tensors(obj, prefix: str = "") -> dict[str, object]:
     if isinstance(obj, dict):
         out = {}
@@ -121,7 +191,7 @@ def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp
     assert "parameters frozen" in (run / "log.txt").read_text()
     snap = sorted(run.glob("network-snapshot-*"))[-1]
     gen = load_model(snap)
-    meta = read_config(snap)["training"]
+    meta = read_model_config(snap).training
     assert meta["stage"] == "finetune" and meta["images_seen"] == 6 * BATCH and meta["freeze"] == "d2o-f"
     assert meta["objective"] == "gan" and meta["disc"] == "teacher" and meta["teacher"]["fingerprint"]
     assert gen(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1])).shape == (2, 1, 16, 16)

@@ -1,0 +1,263 @@
+"""Typed run configs: every option of a pre-training or fine-tuning run, as its run dir's ``config.json`` holds it.
+
+The CLIs (``training.pretrain``, ``training.finetune``) build one from their arguments; ``--resume RUN_DIR`` reads
+it back with ``from_json``; the tasks and the loop read attributes. Each config is a frozen dataclass whose fields
+are checked on construction (types, choices, ranges): a ``ConfigError`` names the field and, for a file, the file.
+
+``to_json`` writes the fields in declaration order (the CLI's option order), tuples as lists. ``from_json`` fills a
+field the file lacks (a run dir written before the option existed) with its default, and ignores keys that are
+not fields: what the run dir records beside the options (``world_size``, parameter counts, the freeze report).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from training.checkpoint import read_json_object
+from training.configs import NETWORK_CONFIGS
+from training.discriminator import DEFAULT_SIGMAS
+from training.freeze import FREEZE_MODES
+from training.precond import SIGMA_MAX
+
+RUN_CONFIG_NAME = "config.json"
+OBJECTIVES = ("gan", "distill", "gan+distill")
+DISCS = ("teacher", "scratch", "backbone")
+DISTILL_LOSSES = ("l2", "feature")
+
+C = TypeVar("C", bound="RunConfig")
+
+
+class ConfigError(ValueError):
+    """A run config field of the wrong type or out of range; the message names the field (and the file)."""
+
+
+def _check(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as field ``name`` of type ``hint`` holds it (lists become tuples, dicts read-only), or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(name, value, inner)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"field {name!r} must be a list, got {value!r}")
+        return tuple(_check(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"field {name!r} must be a JSON object, got {value!r}")
+        return types.MappingProxyType(copy.deepcopy(dict(value)))
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),  # 100 stays 100, as argparse left it
+        str: lambda v: isinstance(v, str),
+    }[hint]
+    if not ok(value):
+        raise ConfigError(f"field {name!r} must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"field {name!r} must be one of {list(choices)}, got {value!r}")
+
+
+def _at_least(name: str, value: float | None, minimum: float, strict: bool = False) -> None:
+    if value is not None and (value <= minimum if strict else value < minimum):
+        raise ConfigError(f"field {name!r} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+class RunConfig:
+    """What pre-training and fine-tuning configs share: the loop's options and the (de)serialization."""
+
+    # Every run config has these fields (the loop and the run dir read them).
+    duration: float  # kimg
+    batch: int  # global, across ranks
+    tick: float  # kimg between stats lines
+    snap: int  # ticks between snapshots
+    snap_minutes: float
+    seed: int
+    outdir: str
+    desc: str | None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name), hints[f.name]))
+        _at_least("duration", self.duration, 0)
+        _at_least("batch", self.batch, 1)
+        _at_least("tick", self.tick, 0, strict=True)
+        _at_least("snap", self.snap, 1)
+        _at_least("snap_minutes", self.snap_minutes, 0)
+        self._validate()
+        if self.desc is None:
+            object.__setattr__(self, "desc", self.default_desc())
+
+    def _validate(self) -> None:
+        """Checks of one kind of run (choices, ranges), beyond the field types."""
+
+    def default_desc(self) -> str:
+        """The run dir's name suffix where ``desc`` is not given."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_options(cls: type[C], options: Mapping[str, Any]) -> C:
+        """A config from any mapping (parsed arguments, a run's config.json): fields only, defaults for the rest."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in options.items() if k in names})
+
+    @classmethod
+    def from_json(cls: type[C], obj: Any, source: str | Path = RUN_CONFIG_NAME) -> C:
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object")
+        try:
+            return cls.from_options(obj)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from e
+
+    @classmethod
+    def read(cls: type[C], run_dir: str | Path) -> C:
+        """The config of the run in ``run_dir``."""
+        path = Path(run_dir) / RUN_CONFIG_NAME
+        return cls.from_json(read_json_object(path, f"is {run_dir} a run dir?"), source=path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    """``python -m training.pretrain``: EDM denoising training of a teacher."""
+
+    # data
+    data: str = "fmnist"
+    data_path: str | None = None
+    resolution: int | None = None  # None: the data's own
+    xflip: bool = False
+    uncond: bool = False
+    # network
+    arch: str = "fmnist"  # a name in training.configs.NETWORK_CONFIGS
+    dropout: float | None = None  # None: the arch's
+    # optimization
+    duration: float = 2000
+    batch: int = 64
+    lr: float = 1e-3
+    lr_rampup_kimg: float = 100
+    ema_halflife_kimg: float = 50
+    ema_rampup: float = 0.05
+    grad_clip: float = 0  # 0: off
+    bf16: bool = False
+    seed: int = 0
+    # I/O
+    outdir: str = "runs"
+    desc: str | None = None
+    tick: float = 2
+    snap: int = 10
+    snap_minutes: float = 15
+    grid_size: int = 60
+    grid_nfe: int = 35
+    # Set by the task from the data set (recorded for the exported model dirs).
+    class_names: tuple[str, ...] = ()
+
+    def default_desc(self) -> str:
+        return f"{self.data.split(':')[0]}-{self.arch}"
+
+    def _validate(self) -> None:
+        _choice("arch", self.arch, tuple(NETWORK_CONFIGS))
+        _at_least("resolution", self.resolution, 1)
+        _at_least("lr", self.lr, 0)
+        _at_least("lr_rampup_kimg", self.lr_rampup_kimg, 0)
+        _at_least("grad_clip", self.grad_clip, 0)
+        _at_least("grid_size", self.grid_size, 0)
+        _at_least("grid_nfe", self.grid_nfe, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(RunConfig):
+    """``python -m training.finetune``: D2O / D2O-F (or the distillation baseline) from an EDM teacher."""
+
+    preset: str | None = None
+    # teacher and data
+    teacher: str | None = None  # run dir or denoiser model dir
+    data: str = "fmnist"
+    data_path: str | None = None
+    # method
+    objective: str = "gan"
+    freeze: str = "d2o-f"
+    disc: str = "teacher"
+    disc_width: int = 64
+    disc_sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+    disc_backbone: str | None = None
+    disc_backbone_config: str | None = None
+    r1_gamma: float = 1e-4
+    r1_interval: int = 16
+    pairs: str | None = None
+    distill_loss: str = "l2"
+    distill_weight: float = 1.0
+    sigma: float = SIGMA_MAX
+    # optimization
+    duration: float = 100
+    batch: int = 32
+    g_lr: float = 1e-4
+    d_lr: float = 1e-4
+    ema_halflife_kimg: float = 500
+    ema_rampup: float = 0.05
+    dropout: float = 0.0
+    seed: int = 0
+    # I/O
+    outdir: str = "runs"
+    desc: str | None = None
+    tick: float = 2
+    snap: int = 5
+    snap_minutes: float = 15
+    grid_size: int = 60
+    # Set by the task from the teacher (checked again on resume) and the data set.
+    teacher_info: Mapping[str, Any] | None = None
+    class_names: tuple[str, ...] = ()
+
+    def default_desc(self) -> str:
+        data = self.data.split(":")[0].split("/")[-1].removesuffix(".zip")
+        return "-".join([data, self.objective.replace("+", "-"), self.freeze])
+
+    def _validate(self) -> None:
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("freeze", self.freeze, FREEZE_MODES)
+        _choice("disc", self.disc, DISCS)
+        _choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
+        _at_least("disc_width", self.disc_width, 1)
+        if not self.disc_sigmas or min(self.disc_sigmas) <= 0:
+            raise ConfigError(f"field 'disc_sigmas' must be positive noise levels, got {list(self.disc_sigmas)}")
+        _at_least("r1_gamma", self.r1_gamma, 0)
+        _at_least("r1_interval", self.r1_interval, 0)
+        _at_least("sigma", self.sigma, 0, strict=True)
+        _at_least("g_lr", self.g_lr, 0)
+        _at_least("d_lr", self.d_lr, 0)
+        _at_least("grid_size", self.grid_size, 0)
+
+    @property
+    def use_gan(self) -> bool:
+        return self.objective != "distill"
+
+    @property
+    def use_distill(self) -> bool:
+        return self.objective != "gan"
