@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.exporters import CONFIG_DATA, format_table, make_random_model, run_bench
-from training.checkpoint import load_model, read_config
+from training.checkpoint import load_model, read_model_config
 
 
 def test_random_model_matches_config_data(tmp_path: Path):
     model_dir = make_random_model("fmnist", tmp_path / "fm")
-    config = read_config(model_dir)
-    assert (config["img_resolution"], config["img_channels"], config["label_dim"]) == CONFIG_DATA["fmnist"]
+    config = read_model_config(model_dir)
+    assert (config.img_resolution, config.img_channels, config.label_dim) == CONFIG_DATA["fmnist"]
     assert load_model(model_dir).img_shape == (1, 28, 28)
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.training import make_edm_pickle as edm_pickle
-from training.checkpoint import load_model, read_config
+from training.checkpoint import load_model, read_model_config
 from training.import_edm import (
     ALLOWED_GLOBALS,
     EDMImportError,
@@ -151,11 +151,12 @@ def test_import_matches_network_built_directly(arch, protocol, module_src, senti
     x, sigma, labels, extra = inputs(kw)
     with torch.no_grad():
         assert torch.equal(loaded(x, sigma, labels, **extra), net(x, sigma, labels, **extra))
-    config = read_config(out)
-    assert config["kind"] == "denoiser" and config["precond"] == "edm"
-    assert config["precond_kwargs"]["model_type"] == kw["model_type"]
-    assert config["imported_from"]["file"] == pkl.name and config["imported_from"]["class_name"] == "EDMPrecond"
-    assert config["imported_from"]["dataset_kwargs"]["resolution"] == 16
+    config = read_model_config(out)
+    assert config.kind == "denoiser" and config.precond == "edm"
+    assert config.precond_kwargs["model_type"] == kw["model_type"]
+    imported = config.extra["imported_from"]  # a key of its own, kept as written
+    assert imported["file"] == pkl.name and imported["class_name"] == "EDMPrecond"
+    assert imported["dataset_kwargs"]["resolution"] == 16
     assert ("dnnlib.util", "EasyDict") in pickle_globals(pkl.read_bytes())
     assert not sentinel.exists(), "module_src was executed"
 
