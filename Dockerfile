@@ -23,7 +23,7 @@ WORKDIR /src
 # torch alone first: the largest layer, and the one that changes least.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY training/ training/
 COPY exporters/ exporters/
 COPY service/ service/
@@ -37,6 +37,7 @@ RUN groupadd --system --gid 10001 onestep \
     && useradd --system --uid 10001 --gid onestep --home-dir /app --no-create-home --shell /usr/sbin/nologin onestep
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+COPY LICENSE NOTICE ./
 COPY --chown=10001:10001 models/ models/
 ENV VIRTUAL_ENV=/opt/venv \
     PATH="/opt/venv/bin:$PATH" \
