@@ -3,7 +3,8 @@
 Graph contract (``onestep_format`` 1):
   inputs  ``z`` float32 [N, C, H, W] (dynamic N); ``class_labels`` int64 [N], only when ``label_dim > 0``
   outputs ``images`` float32 [N, C, H, W] clamped to [-1, 1]; with ``uint8_output`` also ``images_uint8``
-          uint8 [N, H, W, C] = :func:`to_uint8_nhwc` (images), ready for PNG/JPEG/WebP encoding.
+          uint8 [N, H, W, C] = :func:`to_uint8_nhwc` (images), ready for PNG/JPEG/WebP encoding
+          (the names and the conversion: ``exporters.graph``).
 Preconditioning, sigma_max scaling and the one-hot label lookup are inside the graph. The exporter is
 torch's dynamo exporter (``torch.export`` + onnxscript): the TorchScript one cannot export EDM's
 resampling convolutions, whose FIR kernels are built at run time.
@@ -25,28 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import CONFIG_NAME, CheckpointError, load_model, read_config
+from exporters.graph import INPUT_LABELS, INPUT_Z, OUTPUT_IMAGES, OUTPUT_UINT8, to_uint8_nhwc
+from exporters.parity import DEFAULT_BATCHES, ParityReport, compare, torch_runner
+from training.checkpoint import CONFIG_NAME, CheckpointError, ModelConfig, load_model, read_model_config
 from training.precond import OneStepGenerator
 
 log = logging.getLogger(__name__)
 
 ONNX_FORMAT_VERSION = 1
 ONNX_NAME = "model.onnx"
-INPUT_Z = "z"
-INPUT_LABELS = "class_labels"
-OUTPUT_IMAGES = "images"
-OUTPUT_UINT8 = "images_uint8"
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Parity tolerance against PyTorch fp32 (max abs difference of images in [-1, 1]).
 PARITY_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 8e-2}
-
-
-def to_uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float NCHW -> uint8 NHWC as EDM's generate.py rounds: floor(x * 127.5 + 128) clamped to 0..255.
-
-    That is round-half-up of (x + 1) * 127.5. The ONNX graph and the service's torch backend both use this.
-    """
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def default_onnx_name(precision: str = "fp32") -> str:
@@ -162,19 +153,19 @@ def strip_node_metadata(graph: Any) -> None:
 
 
 def add_metadata(
-    model: Any, config: dict[str, Any], config_bytes: bytes, *, precision: str, uint8_output: bool
+    model: Any, config: ModelConfig, config_bytes: bytes, *, precision: str, uint8_output: bool
 ) -> None:
     meta = {
-        "name": str(config.get("name", "")),
+        "name": config.name or "",
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
-        "img_resolution": str(config["img_resolution"]),
-        "img_channels": str(config["img_channels"]),
-        "label_dim": str(config["label_dim"]),
-        "class_names": json.dumps(config.get("class_names", [])),
+        "img_resolution": str(config.img_resolution),
+        "img_channels": str(config.img_channels),
+        "label_dim": str(config.label_dim),
+        "class_names": json.dumps(list(config.class_names)),
         "onestep_format": str(ONNX_FORMAT_VERSION),
         "precision": precision,
         "uint8_output": str(int(uint8_output)),
-        "sigma": str(config.get("sigma", "")),
+        "sigma": str(config.sigma) if config.sigma is not None else "",
         "torch_version": torch.__version__,
     }
     del model.metadata_props[:]
@@ -211,15 +202,13 @@ def export_onnx(
     """
     import onnx
 
-    from exporters import parity
-
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    if config["kind"] != "generator":
+    config = read_model_config(model_dir)
+    if config.kind != "generator":
         raise CheckpointError(
-            f"{model_dir / CONFIG_NAME}: kind is {config['kind']!r}; only a one-step generator can be exported"
+            f"{model_dir / CONFIG_NAME}: kind is {config.kind!r}; only a one-step generator can be exported"
         )
     config_bytes = (model_dir / CONFIG_NAME).read_bytes()
     generator = load_model(model_dir)
@@ -236,7 +225,7 @@ def export_onnx(
     onnx.save_model(model, str(tmp))
     try:
         if check_parity:
-            report = parity.check_onnx_parity(
+            report = check_onnx_parity(
                 generator,
                 tmp,
                 batches=parity_batches,
@@ -249,6 +238,28 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 2**20)
     return out
+
+
+def check_onnx_parity(
+    generator: OneStepGenerator,
+    onnx_path: Path | str,
+    *,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> ParityReport:
+    """ONNX Runtime (CPU) against the PyTorch generator."""
+    runner = OnnxRunner(onnx_path)
+    return compare(
+        torch_runner(generator),
+        runner.run,
+        img_shape=generator.img_shape,
+        label_dim=generator.label_dim,
+        batches=batches,
+        atol=atol,
+        seed=seed,
+        names=("pytorch", "onnxruntime"),
+    )
 
 
 # ---------------------------------------------------------------- ONNX Runtime

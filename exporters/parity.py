@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.onnx import OUTPUT_IMAGES, OUTPUT_UINT8, OnnxRunner, to_uint8_nhwc
+from exporters.graph import OUTPUT_IMAGES, OUTPUT_UINT8, to_uint8_nhwc
 from training.precond import OneStepGenerator
 from training.sampling import seeded_noise
 
@@ -133,25 +133,3 @@ def compare(
         max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
         report.results.append(BatchParity(batch, max_diff, float(diff.mean()), u8))
     return report
-
-
-def check_onnx_parity(
-    generator: OneStepGenerator,
-    onnx_path: Path | str,
-    *,
-    batches: Sequence[int] = DEFAULT_BATCHES,
-    atol: float = 1e-4,
-    seed: int = 0,
-) -> ParityReport:
-    """ONNX Runtime (CPU) against the PyTorch generator."""
-    runner = OnnxRunner(onnx_path)
-    return compare(
-        torch_runner(generator),
-        runner.run,
-        img_shape=generator.img_shape,
-        label_dim=generator.label_dim,
-        batches=batches,
-        atol=atol,
-        seed=seed,
-        names=("pytorch", "onnxruntime"),
-    )

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from exporters.__main__ import main
-from exporters.onnx import OnnxRunner, export_onnx, onnx_session, read_metadata, to_uint8_nhwc
-from exporters.parity import ParityError, check_onnx_parity, seeded_inputs
+from exporters.onnx import OnnxRunner, check_onnx_parity, export_onnx, onnx_session, read_metadata, to_uint8_nhwc
+from exporters.parity import ParityError, seeded_inputs
 from tests.exporters.conftest import make_generator_dir
 from training.checkpoint import CheckpointError, load_model, save_model
 from training.configs import network_config
@@ -180,7 +180,7 @@ def test_fmnist_parity(tmp_path: Path):
 @pytest.mark.parametrize("config", ["cifar10-ddpmpp", "cifar10-ncsnpp", "64-ddpmpp", "imagenet64-adm"])
 def test_big_configs_export(tmp_path: Path, config: str):
     """Every named architecture exports to a checked graph that matches PyTorch at small batches."""
-    from exporters.bench import CONFIG_DATA
+    from benchmarks.exporters import CONFIG_DATA
 
     res, channels, label_dim = CONFIG_DATA[config]
     model_dir = make_generator_dir(
