@@ -37,6 +37,8 @@ ENTRY_POINTS = {
     "benchmarks.training",
 }
 OPTIONAL_ENTRY_POINTS = {"training.generate"}  # a command that may exist (a thin entry point when it does)
+# Argument handling the entry points share; like them, only entry points import these.
+CLI_HELPERS = {"training.cli", "service.cli"}
 # Where commands are written down for users and machines.
 DOCUMENTED = ["README.md", "docs/*.md", "scripts/*", "deploy/**/*", "Dockerfile*", "compose.yaml", "*/README.md"]
 COMMAND = re.compile(r'python3? -m ([A-Za-z_][\w.]*)|"-m",\s*"([A-Za-z_][\w.]*)"')
@@ -198,9 +200,13 @@ def test_entry_points_are_the_documented_ones():
     assert found - OPTIONAL_ENTRY_POINTS == ENTRY_POINTS - OPTIONAL_ENTRY_POINTS
 
 
+def command_line_modules() -> set[str]:
+    return ENTRY_POINTS | CLI_HELPERS | (OPTIONAL_ENTRY_POINTS & set(MODULES))
+
+
 @pytest.mark.parametrize("package", LAYERS)
 def test_library_modules_never_import_entry_points(package: str):
-    entry = ENTRY_POINTS | (OPTIONAL_ENTRY_POINTS & set(MODULES))
+    entry = command_line_modules()
     bad = [
         where(module, target)
         for module, targets in GRAPH.items()
@@ -209,6 +215,22 @@ def test_library_modules_never_import_entry_points(package: str):
         if target in entry
     ]
     assert not bad, "library modules importing entry points:\n  " + "\n  ".join(bad)
+
+
+def test_only_command_line_modules_read_the_command_line():
+    """The library gets resolved values: no argparse and no ``sys.argv`` outside the entry points and CLI helpers."""
+    bad = []
+    for module, path in MODULES.items():
+        if module in command_line_modules():
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if "argparse" in names:
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno} imports argparse")
+            elif isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.argv":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} reads sys.argv")
+    assert not bad, "library modules reading the command line:\n  " + "\n  ".join(bad)
 
 
 def test_documented_commands_are_entry_points():
