@@ -384,6 +384,7 @@ class _UNet(nn.Module):
         return skips
 
     def decode(self, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+        """The decoder and output head from :meth:`encode`'s activations (used deepest first; the list is kept)."""
         skips = list(skips)
         x = skips[-1]
         aux: torch.Tensor | None = None

@@ -104,10 +104,10 @@ class EDMPrecond(nn.Module):
         labels = self.prepare_labels(class_labels, x.device)
         dtype = self.compute_dtype(x.device, force_fp32)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=labels, **model_kwargs)
-        if F_x.dtype != dtype:
-            raise RuntimeError(f"the U-Net returned {F_x.dtype}, expected {dtype}")
-        return c_skip * x + c_out * F_x.to(torch.float32)
+        f_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=labels, **model_kwargs)
+        if f_x.dtype != dtype:
+            raise RuntimeError(f"the U-Net returned {f_x.dtype}, expected {dtype}")
+        return c_skip * x + c_out * f_x.to(torch.float32)
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """Noise levels are continuous here: sigma as a tensor, unchanged."""
