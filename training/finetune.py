@@ -19,14 +19,13 @@ are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, w
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.checkpoint import build_precond, precond_kwargs, save_model
-from training.cli import resolve_run_config
+from training.cli import given_options, resolve_run_config
 from training.datasets import BatchStream, open_dataset
 from training.discriminator import (
     DEFAULT_SIGMAS,
@@ -337,7 +336,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         parser.error("--teacher is required (a pre-training run dir or a denoiser model dir)")
     if args.objective != "gan" and not args.pairs and not args.resume:
         parser.error(f"--objective {args.objective} needs --pairs (make them with python -m training.make_pairs)")
-    if args.disc_backbone and args.disc == "teacher" and "--disc" not in (argv if argv is not None else sys.argv[1:]):
+    if args.disc_backbone and args.disc == "teacher" and "disc" not in given_options(parser, argv):
         args.disc = "backbone"  # giving a backbone file means using it
     if args.disc == "backbone" and not (args.disc_backbone and args.disc_backbone_config):
         parser.error("--disc backbone needs --disc-backbone FILE.safetensors and --disc-backbone-config FILE.json")

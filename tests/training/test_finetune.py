@@ -219,6 +219,9 @@ def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
 def test_cli_checks_and_backbone_files_select_the_backbone_disc():
     _, args = parse_args(["--teacher", "t", "--disc-backbone", "w.safetensors", "--disc-backbone-config", "c.json"])
     assert args.disc == "backbone"
+    for explicit in (["--disc", "teacher"], ["--disc=teacher"]):  # an explicit --disc wins over the files
+        backbone = ["--disc-backbone", "w.safetensors", "--disc-backbone-config", "c.json"]
+        assert parse_args(["--teacher", "t", *backbone, *explicit])[1].disc == "teacher"
     for bad in (["--data", "x"], ["--teacher", "t", "--disc", "backbone"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
