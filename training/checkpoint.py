@@ -221,7 +221,8 @@ class ModelConfig:
         f = _Fields(obj, source)
         kind = obj.get("kind")
         if kind == "classifier":
-            raise ModelKindError(f"{source}: a classifier's config (training.evaluation reads it), not a model's", kind)
+            why = "a classifier (training.evaluation reads it), not a generator or a denoiser"
+            raise ModelKindError(f"{source}: {why}", kind)
         if not isinstance(kind, str) or kind not in kinds:
             raise ModelKindError(f"{source}: field 'kind' must be one of {list(kinds)}, got {kind!r}", kind)
         version = obj.get("format_version")
