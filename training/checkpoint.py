@@ -391,11 +391,6 @@ def read_json_object(path: Path, missing_hint: str) -> dict[str, Any]:
     return config
 
 
-def read_config(model_dir: str | Path) -> dict[str, Any]:
-    """The checked config.json as a plain dict, for callers not yet on :func:`read_model_config`."""
-    return read_model_config(model_dir).to_json()
-
-
 def load_state_dict_file(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")

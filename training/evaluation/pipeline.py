@@ -43,12 +43,12 @@ def run_evaluation(
     inception = None
     if inception_path is not None:
         inception = load_inception_features(inception_path, device=options.device)
-    resolutions = {s.config["img_resolution"] for s in sources}
+    resolutions = {s.config.img_resolution for s in sources}
     if len(resolutions) != 1:
         raise ValueError(f"all models must share one resolution, got {sorted(resolutions)}")
     resolution = resolutions.pop()
-    channels = sources[0].config["img_channels"]
-    data = data or (sources[0].config.get("dataset") or {}).get("spec")
+    channels = sources[0].config.img_channels
+    data = data or sources[0].config.dataset_spec
     if not data:
         raise ValueError("no --data given and the first model's config.json names no dataset.spec")
     classifier_dir = find_classifier(classifier_dir)
@@ -57,7 +57,7 @@ def run_evaluation(
     metric_name = clf_config.get("metric_name", "FD")
 
     reference, reference_labels = load_reference(data, data_path, resolution, channels, options, log)
-    label_dim = sources[0].config.get("label_dim", 0)
+    label_dim = sources[0].config.label_dim
     grid_idx = class_ordered(reference_labels, options.grid, label_dim)
     evaluator = Evaluator(classifier, reference, options, reference[grid_idx], inception, log)
     n = options.num_samples

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from training.checkpoint import CheckpointError, read_config
+from training.checkpoint import CheckpointError, ModelConfig, read_model_config
 from training.rundir import export_state_snapshot
 
 SNAPSHOT_PREFIX = "network-snapshot-"
@@ -19,24 +18,23 @@ class Source:
     label: str
     model_dir: Path
     kind: str  # 'generator' | 'denoiser'
-    config: dict[str, Any]
+    config: ModelConfig
     run_dir: Path | None = None
     snapshots: list[tuple[int, Path]] = field(default_factory=list)
 
     @property
     def images_seen(self) -> int | None:
-        value = (self.config.get("training") or {}).get("images_seen")
-        return int(value) if isinstance(value, (int, float)) else None
+        return self.config.images_seen
 
 
 def snapshot_images_seen(model_dir: Path) -> int:
     """Images seen by a snapshot: ``training.images_seen`` of its config, else the kimg in its name."""
     try:
-        value = (read_config(model_dir).get("training") or {}).get("images_seen")
+        value = read_model_config(model_dir).images_seen
     except CheckpointError:
         value = None
-    if isinstance(value, (int, float)):
-        return int(value)
+    if value is not None:
+        return value
     suffix = model_dir.name[len(SNAPSHOT_PREFIX) :]
     if not suffix.isdigit():
         raise CheckpointError(f"{model_dir}: no training.images_seen in config.json and no kimg in the name")
@@ -76,11 +74,11 @@ def resolve_source(spec: str) -> Source:
         model_dir = snapshots[-1][1]
     else:
         model_dir = path
-    config = read_config(model_dir)
+    config = read_model_config(model_dir)
     return Source(
         label=label or path.name,
         model_dir=model_dir,
-        kind=config["kind"],
+        kind=config.kind,
         config=config,
         run_dir=run_dir,
         snapshots=snapshots,
