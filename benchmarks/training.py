@@ -27,9 +27,9 @@ import torch
 
 from training.checkpoint import save_model
 from training.distributed import World
-from training.finetune import build_task as build_finetune
 from training.finetune import parse_args as finetune_args
 from training.finetune import run_config_from_args as finetune_config
+from training.finetune_task import build_task as build_finetune
 from training.loop import LoopOptions, run_training
 from training.pretrain import build_parser as pretrain_parser
 from training.pretrain import run_config_from_args as pretrain_config

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from training.checkpoint import load_model, load_state, read_model_config
 from training.discriminator import feature_distance
 from training.distributed import World, init_distributed, shutdown_distributed
-from training.finetune import _average_grads, build_task, main, parse_args, run_config_from_args
+from training.finetune import main, parse_args, run_config_from_args
+from training.finetune_task import _average_grads, build_task
 from training.freeze import frozen_names
-from training.make_pairs import make_pairs
+from training.pairs import make_pairs
 from training.run_config import FinetuneConfig
 
 BATCH = 4

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from training.checkpoint import CheckpointError, load_model
-from training.make_pairs import META_NAME, PairsReader, chunk_path, main, make_pairs
+from training.make_pairs import main
+from training.pairs import META_NAME, PairsReader, chunk_path, make_pairs
 from training.sampling import sample, seeded_noise
 
 

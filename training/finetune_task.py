@@ -1,0 +1,316 @@
+"""D2O / D2O-F: turn an EDM teacher into a one-step generator with a GAN loss alone.
+
+The fine-tune task behind ``python -m training.finetune`` (the command line lives there).
+
+G(z, y) = D2OPrecond copy of the teacher's EMA network, evaluated once at sigma = 80 on 80 z. Per step (one global
+batch of B real images, B generated ones with the real batch's labels; "images" counts both sides once):
+
+1. D step: L_D = softplus(-D(x)) + softplus(D(G(z))), summed over D's feature levels; on every
+   ``r1_interval``-th step (step % interval == 0) the lazy R1 term ``gamma/2 * ||grad_x D(x)||^2 * interval`` on
+   the reals is added to the same step (so no extra optimizer step and no Adam correction are needed).
+2. G step: L_G = softplus(-D(G(z))) (non-saturating), plus ``distill_weight`` times the distance between G and the
+   teacher's Heun output on pairs from ``training.make_pairs`` when the objective includes ``distill``.
+The losses are ``training.losses.D2OLoss`` and ``DistillLoss``; the options a ``training.run_config.FinetuneConfig``.
+Adam betas (0, 0.99) for both nets, EMA of G with EDM's half-life ramp. All per-step randomness (z, pair order)
+comes from (seed, step) for the whole global batch, so a torchrun step equals a single-process one; gradients
+are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, which DDP does not support).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import build_precond, precond_kwargs, save_model
+from training.datasets import BatchStream, open_dataset
+from training.discriminator import Discriminator, TeacherEncoder, build_discriminator, count_trainable
+from training.distributed import World, broadcast_module
+from training.ema import EMA
+from training.freeze import FreezeReport, apply_freeze
+from training.images import GRID_SEED, grid_labels
+from training.losses import D2OLoss, DistillLoss
+from training.pairs import PairsReader
+from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
+from training.run_config import FinetuneConfig
+from training.sampling import seeded_noise
+from training.teacher import Teacher, load_teacher
+
+
+def build_generator(teacher: EDMPrecond, dropout: float | None = 0.0, sigma: float = SIGMA_MAX) -> OneStepGenerator:
+    """A D2O-preconditioned copy of the teacher (same weights), wrapped as G(z, y) at ``sigma``."""
+    kw = precond_kwargs(teacher)
+    if dropout is not None:
+        kw["dropout"] = dropout
+    net = build_precond("d2o", kw)
+    net.load_state_dict(teacher.state_dict(), strict=True)
+    return OneStepGenerator(net.to(next(teacher.parameters()).device), sigma=sigma)
+
+
+def _average_grads(params: list[torch.nn.Parameter], world: World) -> None:
+    """Mean of the gradients across ranks (one flat all-reduce), then the paper's NaN/Inf guard."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world.distributed and grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+    for g in grads:
+        torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5, out=g)
+
+
+class FinetuneTask:
+    """One D2O fine-tuning step per global batch; see the module docstring."""
+
+    def __init__(
+        self,
+        generator: OneStepGenerator,
+        disc: Discriminator | None,
+        world: World,
+        cfg: FinetuneConfig,
+        teacher: Teacher | None = None,
+        pairs: PairsReader | None = None,
+    ):
+        self.world = world
+        self.cfg = cfg
+        self.objective = cfg.objective
+        self.use_gan = cfg.use_gan
+        self.use_distill = cfg.use_distill
+        device = world.device
+        self.g = generator.to(device).train()
+        self.net = self.g.denoiser
+        self.freeze: FreezeReport = apply_freeze(self.net, cfg.freeze)
+        broadcast_module(self.net, world)
+        self.g_params = [p for p in self.net.parameters() if p.requires_grad]
+        self.g_opt = torch.optim.Adam(self.g_params, lr=cfg.g_lr, betas=(0.0, 0.99), eps=1e-8)
+        self.ema = EMA(self.net, halflife_kimg=cfg.ema_halflife_kimg, rampup_ratio=cfg.ema_rampup)
+        self.gan_loss = D2OLoss(r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
+        self.disc = disc
+        if self.use_gan:
+            if disc is None:
+                raise ValueError(f"objective {self.objective!r} needs a discriminator")
+            self.disc = disc.to(device).train()
+            broadcast_module(self.disc, world)
+            self.d_params = self.disc.trainable_parameters()
+            self.d_opt = torch.optim.Adam(self.d_params, lr=cfg.d_lr, betas=(0.0, 0.99), eps=1e-8)
+        self.pairs = pairs
+        self.distill_loss: DistillLoss | None = None
+        if self.use_distill:
+            if pairs is None:
+                raise ValueError(f"objective {self.objective!r} needs --pairs (python -m training.make_pairs)")
+            backbone = None
+            if cfg.distill_loss == "feature":
+                if teacher is None:
+                    raise ValueError("--distill-loss feature needs the teacher")
+                backbone = TeacherEncoder(teacher.net.to(device), cfg.disc_sigmas)
+            self.distill_loss = DistillLoss(cfg.distill_loss, backbone=backbone)
+        self.batch_size = cfg.batch
+        self.label_dim = self.net.label_dim
+        self.img_shape = self.g.img_shape
+        self.last_r1 = 0.0
+        self._pair_perms: dict[int, torch.Tensor] = {}
+        n = cfg.grid_size
+        self.grid_noise = seeded_noise(range(GRID_SEED, GRID_SEED + n), self.img_shape)
+        self.grid_labels = grid_labels(self.label_dim, n)
+        self.grid_cols = self.label_dim or None  # one column per class
+
+    # ------------------------------------------------------------ per-step randomness
+
+    def _rank_slice(self, per_rank: int) -> slice:
+        return slice(self.world.rank * per_rank, (self.world.rank + 1) * per_rank)
+
+    def _pair_indices(self, step: int, per_rank: int) -> torch.Tensor:
+        """Pair indices of this rank's share of step ``step``: epochs of seeded permutations, cut in batches."""
+        num = len(self.pairs)
+        pos = step * self.batch_size + torch.arange(self.batch_size)[self._rank_slice(per_rank)]
+        out = torch.empty_like(pos)
+        for epoch in pos.div(num, rounding_mode="floor").unique().tolist():
+            if epoch not in self._pair_perms:
+                g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 104729 * epoch + 17)
+                self._pair_perms[epoch] = torch.randperm(num, generator=g)
+                for old in [e for e in self._pair_perms if e < epoch - 1]:
+                    del self._pair_perms[old]
+            sel = pos.div(num, rounding_mode="floor") == epoch
+            out[sel] = self._pair_perms[epoch][pos[sel] % num]
+        return out
+
+    # ------------------------------------------------------------ the step
+
+    def _set_d_grad(self, flag: bool) -> None:
+        for p in self.d_params:
+            p.requires_grad_(flag)
+
+    def r1_due(self, step: int) -> bool:
+        return self.gan_loss.r1_due(step)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
+        cfg = self.cfg
+        device = images.device
+        per_rank = images.shape[0]
+        y = labels if self.label_dim else None
+        stats: dict[str, float] = {}
+        self.g.train()
+
+        fake = None
+        if self.use_gan:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)]
+            fake = self.g(z.to(device), y)
+
+            # D step on reals and (detached) fakes in one forward, with lazy R1 on its interval.
+            self._set_d_grad(True)
+            self.d_opt.zero_grad(set_to_none=True)
+            d = self.gan_loss.discriminator_loss(self.disc, images, fake, y, step)
+            if d.penalty is not None:
+                self.last_r1 = d.penalty.item()
+            d.total.backward()
+            _average_grads(self.d_params, self.world)
+            self.d_opt.step()
+            self._set_d_grad(False)
+            stats.update(
+                loss_d=d.loss.item(),
+                loss_r1=d.r1.item(),
+                r1_penalty=self.last_r1,
+                d_real=d.logits_real.detach().mean().item(),
+                d_fake=d.logits_fake.detach().mean().item(),
+            )
+
+        # G step.
+        self.g_opt.zero_grad(set_to_none=True)
+        loss_g = torch.zeros((), device=device)
+        if self.use_gan:
+            loss_gan = self.gan_loss.generator_loss(self.disc, fake, y)
+            loss_g = loss_g + loss_gan
+            stats["loss_g"] = loss_gan.item()
+        if self.use_distill:
+            zp, yp, target = self.pairs.get(self._pair_indices(step, per_rank))
+            zp, target = zp.to(device), target.to(device)
+            yp = yp.to(device) if self.label_dim else None
+            loss_distill = self.distill_loss(self.g(zp, yp), target, yp)
+            loss_g = loss_g + cfg.distill_weight * loss_distill
+            stats["loss_distill"] = loss_distill.item()
+        loss_g.backward()
+        _average_grads(self.g_params, self.world)
+        self.g_opt.step()
+        self.ema.update(self.net, self.batch_size, images_seen + self.batch_size)
+        return stats
+
+    # ------------------------------------------------------------ state, samples, export
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = dict(
+            g=self.net.state_dict(),
+            ema=self.ema.net.state_dict(),
+            g_opt=self.g_opt.state_dict(),
+            last_r1=self.last_r1,
+        )
+        if self.use_gan:
+            state.update(d=self.disc.trainable_state_dict(), d_opt=self.d_opt.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["g"])
+        self.ema.net.load_state_dict(state["ema"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.last_r1 = float(state.get("last_r1", 0.0))
+        if self.use_gan:
+            self.disc.load_trainable_state_dict(state["d"])
+            self.d_opt.load_state_dict(state["d_opt"])
+
+    def ema_generator(self) -> OneStepGenerator:
+        return OneStepGenerator(self.ema.net, sigma=self.g.sigma)
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        gen = self.ema_generator()
+        device = self.world.device
+        labels = self.grid_labels.to(device) if self.grid_labels is not None else None
+        out = [
+            gen(self.grid_noise[i : i + 64].to(device), labels[i : i + 64] if labels is not None else None)
+            for i in range(0, self.grid_noise.shape[0], 64)
+        ]
+        return torch.cat(out).clamp(-1, 1)
+
+    def export_model(self, out_dir: Path, images_seen: int) -> None:
+        cfg = self.cfg
+        save_model(
+            self.ema_generator(),
+            out_dir,
+            name=cfg.desc,
+            class_names=list(cfg.class_names) or None,
+            extra=dict(
+                dataset=dict(spec=cfg.data, resolution=self.net.img_resolution),
+                training=dict(
+                    stage="finetune",
+                    images_seen=images_seen,
+                    freeze=cfg.freeze,
+                    frozen_fraction=round(self.freeze.fraction, 6),
+                    objective=cfg.objective,
+                    disc=cfg.disc,
+                    teacher=dict(cfg.teacher_info) if cfg.teacher_info is not None else {"path": cfg.teacher},
+                ),
+            ),
+        )
+
+
+def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchStream]:
+    """The task and this rank's batch stream; the task's ``cfg`` is ``cfg`` with the teacher's record and the
+    class names filled in (what the run dir's config.json holds)."""
+    teacher = load_teacher(cfg.teacher, device=world.device)
+    known = (cfg.teacher_info or {}).get("fingerprint")
+    if known and known != teacher.info["fingerprint"]:
+        raise ValueError(f"--teacher {cfg.teacher}: its weights changed since this run started; cannot resume")
+    net = teacher.net
+    dataset = open_dataset(
+        cfg.data, split="train", resolution=net.img_resolution, path=cfg.data_path, channels=net.img_channels
+    )
+    if (dataset.channels, dataset.resolution) != (net.img_channels, net.img_resolution):
+        raise ValueError(
+            f"--data {cfg.data}: {dataset.channels}x{dataset.resolution}px images, but the teacher makes "
+            f"{net.img_channels}x{net.img_resolution}px"
+        )
+    if net.label_dim and dataset.num_classes != net.label_dim:
+        raise ValueError(
+            f"--data {cfg.data}: {dataset.num_classes} classes, but the teacher is conditional on {net.label_dim}"
+        )
+    class_names = teacher.class_names or (list(dataset.class_names) if net.label_dim else [])
+    cfg = cfg.replace(teacher_info=teacher.info, class_names=tuple(class_names))
+    pairs = None
+    if cfg.use_distill:
+        pairs = PairsReader(cfg.pairs)
+        if pairs.meta.get("teacher_fingerprint") != teacher.info["fingerprint"]:
+            raise ValueError(f"--pairs {cfg.pairs}: made from another teacher than --teacher {cfg.teacher}")
+    generator = build_generator(net, dropout=cfg.dropout, sigma=cfg.sigma)
+    torch.manual_seed(cfg.seed)  # D's initialization: the same on every rank
+    disc = None
+    if cfg.use_gan:
+        disc = build_discriminator(
+            cfg.disc,
+            teacher=net,
+            img_channels=net.img_channels,
+            img_resolution=net.img_resolution,
+            label_dim=net.label_dim,
+            width=cfg.disc_width,
+            sigmas=cfg.disc_sigmas,
+            backbone_weights=cfg.disc_backbone,
+            backbone_config=cfg.disc_backbone_config,
+        )
+    task = FinetuneTask(generator, disc, world, cfg, teacher=teacher, pairs=pairs)
+    stream = BatchStream(dataset, cfg.batch, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
+    return task, stream
+
+
+def describe(task: FinetuneTask) -> dict[str, Any]:
+    """What the run records about its networks (config.json) and prints."""
+    out: dict[str, Any] = dict(
+        generator_parameters=count_parameters(task.net),
+        generator_trainable=count_trainable(task.net),
+        freeze_report=task.freeze.as_dict(),
+    )
+    if task.disc is not None:
+        out["discriminator_trainable"] = count_trainable(task.disc)
+    return out
