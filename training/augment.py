@@ -11,7 +11,7 @@ generated distribution is not pushed towards the augmented one. Policies (comma-
 - ``cutout``: a zeroed square of half the side at a random centre (clipped at the borders).
 
 Randomness comes from a ``torch.Generator`` drawn for a whole global batch, so that every rank of a data-parallel
-step applies the same transform to the same image as a single process would (``rows`` selects a rank's share).
+step applies the same transform to the same image as a single process would (``select`` takes a rank's share).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class AugmentDraw:
     shift: torch.Tensor  # [N, 2] integer (dy, dx)
     cutout_centre: torch.Tensor  # [N, 2] integer (cy, cx)
 
-    def rows(self, index: slice) -> AugmentDraw:
+    def select(self, index: slice | torch.Tensor) -> AugmentDraw:
+        """The parameters of some rows (a rank's share of the global batch)."""
         return AugmentDraw(*(t[index] for t in (
             self.brightness, self.saturation, self.contrast, self.shift, self.cutout_centre
         )))

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disc-backbone-config", default=None, metavar="FILE.json", help="its config (see docs)")
     g.add_argument("--r1-gamma", type=float, default=1e-4, help="R1 weight on reals (0 = off)")
     g.add_argument("--r1-interval", type=int, default=16, help="apply R1 every this many D steps, scaled by it")
+    g.add_argument(
+        "--augment",
+        default="none",
+        help="DiffAugment for what D sees, reals and fakes alike: none or a comma list of color, translation, cutout",
+    )
     g.add_argument("--pairs", default=None, help="pairs dir from python -m training.make_pairs (distill objectives)")
     g.add_argument("--distill-loss", default="l2", choices=DISTILL_LOSSES, help="distance for distill objectives")
     g.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distill term")

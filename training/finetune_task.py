@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from training.augment import DiffAugment, draw
 from training.checkpoint import build_precond, precond_kwargs, save_model
 from training.datasets import BatchStream, open_dataset
 from training.discriminator import Discriminator, TeacherEncoder, build_discriminator, count_trainable
@@ -30,7 +31,7 @@ from training.distributed import World, broadcast_module
 from training.ema import EMA
 from training.freeze import FreezeReport, apply_freeze
 from training.images import GRID_SEED, grid_labels
-from training.losses import D2OLoss, DistillLoss
+from training.losses import Augment, D2OLoss, DistillLoss
 from training.pairs import PairsReader
 from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.run_config import FinetuneConfig
@@ -109,6 +110,7 @@ class FinetuneTask:
                 backbone = TeacherEncoder(teacher.net.to(device), cfg.disc_sigmas)
             self.distill_loss = DistillLoss(cfg.distill_loss, backbone=backbone)
         self.batch_size = cfg.batch
+        self.augment = DiffAugment(cfg.augment)
         self.label_dim = self.net.label_dim
         self.img_shape = self.g.img_shape
         self.last_r1 = 0.0
@@ -147,6 +149,22 @@ class FinetuneTask:
     def r1_due(self, step: int) -> bool:
         return self.gan_loss.r1_due(step)
 
+    def _augment(self, step: int, per_rank: int, *, reals_and_fakes: bool) -> Augment | None:
+        """This rank's DiffAugment for the D step (reals then fakes) or the G step (fakes), or None when off.
+
+        The parameters are drawn for the whole global batch from (seed, step, which step) and then sliced, so a
+        data-parallel step transforms each image as a single process would.
+        """
+        if not self.augment:
+            return None
+        which = 0 if reals_and_fakes else 1
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + 2 * step + which)
+        b = self.batch_size
+        params = draw(b * (2 if reals_and_fakes else 1), self.img_shape[1], self.img_shape[2], gen)
+        mine = torch.arange(b)[self._rank_slice(per_rank)]
+        params = params.select(torch.cat([mine, b + mine]) if reals_and_fakes else mine)
+        return lambda x: self.augment(x, params)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
         cfg = self.cfg
         device = images.device
@@ -164,7 +182,9 @@ class FinetuneTask:
             # D step on reals and (detached) fakes in one forward, with lazy R1 on its interval.
             self._set_d_grad(True)
             self.d_opt.zero_grad(set_to_none=True)
-            d = self.gan_loss.discriminator_loss(self.disc, images, fake, y, step)
+            d = self.gan_loss.discriminator_loss(
+                self.disc, images, fake, y, step, augment=self._augment(step, per_rank, reals_and_fakes=True)
+            )
             if d.penalty is not None:
                 self.last_r1 = d.penalty.item()
             d.total.backward()
@@ -183,7 +203,9 @@ class FinetuneTask:
         self.g_opt.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=device)
         if self.use_gan:
-            loss_gan = self.gan_loss.generator_loss(self.disc, fake, y)
+            loss_gan = self.gan_loss.generator_loss(
+                self.disc, fake, y, augment=self._augment(step, per_rank, reals_and_fakes=False)
+            )
             loss_g = loss_g + loss_gan
             stats["loss_g"] = loss_gan.item()
         if self.use_distill:
@@ -250,6 +272,7 @@ class FinetuneTask:
                     freeze=cfg.freeze,
                     frozen_fraction=round(self.freeze.fraction, 6),
                     objective=cfg.objective,
+                    augment=cfg.augment,
                     disc=cfg.disc,
                     teacher=dict(cfg.teacher_info) if cfg.teacher_info is not None else {"path": cfg.teacher},
                 ),

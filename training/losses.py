@@ -14,6 +14,7 @@ own the networks, optimizers and randomness and call these for the numbers to mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,9 @@ from torch import nn
 from training.discriminator import FrozenBackbone, feature_distance
 from training.precond import EDMPrecond
 from training.sampling import one_hot
+
+#: A differentiable transform of a batch of images (what the discriminator sees).
+Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 class EDMLoss:
@@ -124,13 +128,26 @@ class D2OLoss:
     # ------------------------------------------------------------ on the networks
 
     def discriminator_loss(
-        self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, step: int
+        self,
+        disc: nn.Module,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        labels: torch.Tensor | None,
+        step: int,
+        augment: Augment | None = None,
     ) -> DiscriminatorTerms:
-        """D's losses on reals and (detached) fakes in one forward, with lazy R1 on its interval."""
+        """D's losses on reals and (detached) fakes in one forward, with lazy R1 on its interval.
+
+        ``augment`` (differentiable, e.g. ``training.augment.DiffAugment``) transforms what D sees, reals then
+        fakes as one batch; R1 is still the gradient with respect to the un-augmented reals.
+        """
         n = real.shape[0]
         r1_step = self.r1_due(step)
         real = real.detach().requires_grad_(r1_step)
-        both = disc(torch.cat([real, fake.detach()]), torch.cat([labels, labels]) if labels is not None else None)
+        seen = torch.cat([real, fake.detach()])
+        if augment is not None:
+            seen = augment(seen)
+        both = disc(seen, torch.cat([labels, labels]) if labels is not None else None)
         logits_real, logits_fake = both[:n], both[n:]
         loss = self.discriminator_term(logits_real, logits_fake)
         r1 = torch.zeros((), device=real.device)
@@ -140,8 +157,10 @@ class D2OLoss:
             r1 = self.lazy_r1(penalty)
         return DiscriminatorTerms(loss, r1, penalty, logits_real, logits_fake)
 
-    def generator_loss(self, disc: nn.Module, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.generator_term(disc(fake, labels))
+    def generator_loss(
+        self, disc: nn.Module, fake: torch.Tensor, labels: torch.Tensor | None, augment: Augment | None = None
+    ) -> torch.Tensor:
+        return self.generator_term(disc(augment(fake) if augment is not None else fake, labels))
 
 
 class DistillLoss:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from training.augment import parse_policy
 from training.checkpoint import read_json_object
 from training.configs import NETWORK_CONFIGS
 from training.discriminator import DEFAULT_SIGMAS
@@ -211,6 +212,7 @@ class FinetuneConfig(RunConfig):
     disc_backbone_config: str | None = None
     r1_gamma: float = 1e-4
     r1_interval: int = 16
+    augment: str = "none"  # DiffAugment policy for what D sees (training.augment)
     pairs: str | None = None
     distill_loss: str = "l2"
     distill_weight: float = 1.0
@@ -244,6 +246,10 @@ class FinetuneConfig(RunConfig):
         _choice("freeze", self.freeze, FREEZE_MODES)
         _choice("disc", self.disc, DISCS)
         _choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
+        try:
+            parse_policy(self.augment)
+        except ValueError as e:
+            raise ConfigError(f"field 'augment': {e}") from None
         _at_least("disc_width", self.disc_width, 1)
         if not self.disc_sigmas or min(self.disc_sigmas) <= 0:
             raise ConfigError(f"field 'disc_sigmas' must be positive noise levels, got {list(self.disc_sigmas)}")

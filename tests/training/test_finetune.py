@@ -278,3 +278,29 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_augment_transforms_what_d_sees_and_ranks_slice_the_global_draw(tiny_denoiser_dir: Path, tmp_path: Path):
+    plain, _ = build_task(make_cfg(tiny_denoiser_dir, tmp_path / "a"), World())
+    assert plain._augment(0, BATCH, reals_and_fakes=True) is None
+    task, stream = build_task(make_cfg(tiny_denoiser_dir, tmp_path / "b", "--augment", "translation,cutout"), World())
+    assert task.cfg.augment == "translation,cutout"
+    x = torch.randn(2 * BATCH, *task.img_shape)
+    whole = task._augment(5, BATCH, reals_and_fakes=True)(x)
+    assert not torch.equal(whole, x)
+    assert torch.equal(task._augment(5, BATCH, reals_and_fakes=True)(x), whole)  # seeded by (seed, step)
+    # Two ranks of a 2-process step: each transforms its reals and fakes as the single process did.
+    half = BATCH // 2
+    for rank in (0, 1):
+        task.world = World(rank=rank, world_size=2)
+        rows = torch.cat([torch.arange(half) + rank * half, torch.arange(half) + BATCH + rank * half])
+        mine, expected = x[rows], whole[rows]
+        assert torch.equal(task._augment(5, half, reals_and_fakes=True)(mine), expected)
+    task.world = World()
+    stats = run_steps(task, stream, range(2))
+    assert all(torch.isfinite(torch.tensor(list(s.values()))).all() for s in stats)
+
+
+def test_bad_augment_policy_is_refused(tiny_denoiser_dir: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="augment"):
+        make_cfg(tiny_denoiser_dir, tmp_path, "--augment", "flip")
