@@ -87,7 +87,7 @@ async def load_phase(url: str, concurrency: int, seconds: float, rng: random.Ran
                 body["num_images"] = 0  # rejected by validation: 422
             t0 = time.perf_counter()
             try:
-                r = await client.post("/generate", json=body)
+                r = await client.post("/v1/generate", json=body)
                 code = r.status_code
             except httpx.HTTPError:
                 code = 0

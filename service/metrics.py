@@ -17,7 +17,7 @@ class Metrics:
         ProcessCollector(registry=r)  # process_cpu_seconds_total etc.: server CPU per image in benchmarks
         self.request_duration = Histogram(
             "onestep_request_duration_seconds",
-            "POST /generate time in the server, by model and HTTP status.",
+            "POST /v1/generate (and its /generate alias) time in the server, by model and HTTP status.",
             ["model", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
