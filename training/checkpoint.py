@@ -31,6 +31,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = {"generator": "generator.safetensors", "denoiser": "denoiser.safetensors"}
 PRECONDS: dict[str, type[EDMPrecond]] = {"edm": EDMPrecond, "d2o": D2OPrecond}
 
+# Licences a model dir records (SPDX identifiers). The project's own models are Apache-2.0; EDM's released
+# checkpoints are CC BY-NC-SA 4.0, and a model fine-tuned from one carries that licence forward (see NOTICE).
+PROJECT_LICENSE = "Apache-2.0"
+PROJECT_LICENSE_URL = "https://www.apache.org/licenses/LICENSE-2.0"
+EDM_LICENSE = "CC-BY-NC-SA-4.0"
+EDM_LICENSE_URL = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+
 
 class CheckpointError(ValueError):
     """A model dir or training snapshot that is missing, truncated, tampered with or of the wrong format."""
@@ -123,6 +130,10 @@ _MODEL_KEYS = (
     "sigma",
     "dataset",
     "training",
+    "version",
+    "license",
+    "license_url",
+    "origin",
 )
 
 
@@ -197,6 +208,10 @@ class ModelConfig:
     sigma: float | None = None  # generators: the noise level G(z) = D(sigma z; sigma) runs at
     dataset: Mapping[str, Any] | None = None
     training: Mapping[str, Any] | None = None
+    version: str | None = None  # a human version ("1.2.0"); the service adds the weights' hash to it
+    license: str | None = None  # SPDX identifier; see ``resolved_license`` for files that name none
+    license_url: str | None = None
+    origin: str | None = None  # where the weights come from (import, pre-training, fine-tune of a teacher)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -269,6 +284,10 @@ class ModelConfig:
             sigma=float(sigma) if sigma is not None else None,
             dataset=f.mapping("dataset", optional=True),
             training=f.mapping("training", optional=True),
+            version=f.string("version", optional=True),
+            license=f.string("license", optional=True),
+            license_url=f.string("license_url", optional=True),
+            origin=f.string("origin", optional=True),
             extra={k: v for k, v in obj.items() if k not in _MODEL_KEYS},
             **shape,
         )
@@ -296,8 +315,57 @@ class ModelConfig:
             out["dataset"] = _plain(self.dataset)
         if self.training is not None:
             out["training"] = _plain(self.training)
+        for key in ("version", "license", "license_url", "origin"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update(_plain(self.extra))
         return out
+
+    @property
+    def imported_from_edm(self) -> bool:
+        """Whether the weights were imported from an EDM network pickle (``training.import_edm``)."""
+        imported = self.extra.get("imported_from")
+        return isinstance(imported, Mapping) and imported.get("format") == "edm-pickle"
+
+    @property
+    def teacher_record(self) -> Mapping[str, Any]:
+        """``training.teacher``: what a fine-tune recorded about its teacher (empty where none)."""
+        teacher = (self.training or {}).get("teacher")
+        return teacher if isinstance(teacher, Mapping) else {}
+
+    @property
+    def resolved_license(self) -> tuple[str, str | None]:
+        """(SPDX licence, URL of its terms): the file's own, else the one its origin implies.
+
+        Files written before licences were recorded name none: an EDM import is EDM's CC-BY-NC-SA-4.0, a
+        fine-tune whose recorded teacher names a licence inherits it, anything else is the project's own.
+        """
+        if self.license is not None:
+            return self.license, self.license_url
+        if self.imported_from_edm:
+            return EDM_LICENSE, EDM_LICENSE_URL
+        teacher_license = self.teacher_record.get("license")
+        if isinstance(teacher_license, str) and teacher_license:
+            url = self.teacher_record.get("license_url")
+            return teacher_license, url if isinstance(url, str) else None
+        return PROJECT_LICENSE, PROJECT_LICENSE_URL
+
+    @property
+    def resolved_origin(self) -> str | None:
+        """The file's ``origin``, else one told from its import or training record (None when unknown)."""
+        if self.origin is not None:
+            return self.origin
+        if self.imported_from_edm:
+            file = self.extra["imported_from"].get("file")
+            return f"EDM network pickle {file} (NVlabs/edm), imported by training.import_edm"
+        stage = (self.training or {}).get("stage")
+        if stage == "pretrain":
+            return "pre-trained by onestep (training.pretrain)"
+        if stage == "finetune":
+            teacher = self.teacher_record
+            source = teacher.get("origin") or teacher.get("model_dir") or teacher.get("path")
+            return "fine-tuned by onestep (training.finetune)" + (f" from teacher: {source}" if source else "")
+        return None
 
     @property
     def img_shape(self) -> tuple[int, int, int]:
@@ -343,7 +411,12 @@ def save_model(
     class_names: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.json`` + weights (safetensors). ``extra`` holds dataset/training summaries."""
+    """Write ``config.json`` + weights (safetensors). ``extra`` holds dataset/training summaries.
+
+    ``license``, ``license_url`` and ``origin`` may be given in ``extra``; where they are not, they are recorded
+    as ``ModelConfig.resolved_license`` / ``resolved_origin`` tell them (an EDM import: EDM's licence; a fine-tune:
+    its teacher's; otherwise the project's).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, OneStepGenerator):
@@ -374,6 +447,9 @@ def save_model(
         config["sigma"] = sigma
     config.update(extra or {})
     checked = ModelConfig.from_json(config, source=out / CONFIG_NAME)  # what readers will see, checked now
+    if checked.license is None or checked.origin is None:  # recorded explicitly from now on
+        spdx, url = checked.resolved_license
+        checked = dataclasses.replace(checked, license=spdx, license_url=url, origin=checked.resolved_origin)
     _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(checked.to_json(), indent=2) + "\n").encode())
     return out
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import file_sha256, save_model
+from training.checkpoint import EDM_LICENSE, EDM_LICENSE_URL, file_sha256, save_model
 from training.networks import NETWORKS
 from training.precond import EDMPrecond
 
@@ -334,7 +334,10 @@ def import_edm(
             "key": key,
             "class_name": imported.class_name,
             **imported.extra,
-        }
+        },
+        # EDM's released checkpoints are CC BY-NC-SA 4.0; the model dir (and what is fine-tuned from it) keeps that.
+        "license": EDM_LICENSE,
+        "license_url": EDM_LICENSE_URL,
     }
     return save_model(net, out_dir, name=name, class_names=class_names, extra=extra)
 

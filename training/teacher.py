@@ -93,11 +93,15 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
             info["ema_from"] = STATE_NAME
             images_seen = seen
         del state
+    spdx, license_url = config.resolved_license  # a fine-tune carries its teacher's licence forward
     info.update(
         model_dir=str(model_dir),
         images_seen=images_seen,
         precond=config.precond,
         fingerprint=state_fingerprint(net.state_dict()),
+        license=spdx,
+        license_url=license_url,
+        origin=config.resolved_origin,
     )
     net = net.to(device).eval().requires_grad_(False)
     return Teacher(net=net, model_dir=model_dir, config=config, info=info)

@@ -8,6 +8,9 @@ import torch
 
 from tests.conftest import tiny_denoiser
 from training.checkpoint import (
+    EDM_LICENSE,
+    EDM_LICENSE_URL,
+    PROJECT_LICENSE,
     CheckpointError,
     ModelConfig,
     ModelKindError,
@@ -143,10 +146,12 @@ def test_save_model_writes_the_same_keys_and_keeps_extra_ones(tmp_path):
     raw = json.loads((tmp_path / "t" / "config.json").read_text())
     assert list(raw) == [
         "format_version", "name", "kind", "precond", "precond_kwargs", "img_resolution", "img_channels",
-        "label_dim", "class_names", "weights", "weights_sha256", "training", "imported_from",
+        "label_dim", "class_names", "weights", "weights_sha256", "training", "license", "license_url",
+        "imported_from",
     ]  # fmt: skip
     config = read_model_config(tmp_path / "t")
     assert config.extra == {"imported_from": {"file": "x.pkl"}} and config.images_seen is None
+    assert config.license == PROJECT_LICENSE and config.origin is None  # no stage, no import format: unknown
     assert config.sigma is None and config.generator_sigma == 80.0 and config.name == "t"
     assert config.precond_kwargs["sigma_max"] == "inf" and config.build().sigma_max == float("inf")
     assert ModelConfig.from_json(config.to_json()) == config
@@ -204,3 +209,53 @@ def test_kinds_filter_raises_model_kind_error_first(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps({"data": "fmnist", "batch": 64}))  # a run dir's
     with pytest.raises(ModelKindError, match="field 'kind'"):
         read_model_config(tmp_path / "run")
+
+
+# ---------------------------------------------------------------- licence, origin and version
+
+
+def test_shipped_model_without_licence_fields_reads_as_the_projects():
+    config = read_model_config(REPO / "models" / "fmnist-d2o")
+    assert config.license is None and config.version is None  # written before licences were recorded
+    assert config.resolved_license[0] == PROJECT_LICENSE == "Apache-2.0"
+    assert config.resolved_origin.startswith("fine-tuned by onestep (training.finetune) from teacher: runs/")
+
+
+def test_licence_follows_the_weights_origin(tmp_path):
+    """An EDM import is CC-BY-NC-SA-4.0; a fine-tune of it inherits that; our own training is Apache-2.0."""
+    imported = {"imported_from": {"format": "edm-pickle", "file": "e.pkl"}}
+    edm = save_model(tiny_denoiser(), tmp_path / "edm", extra=imported)
+    ours = save_model(tiny_denoiser(), tmp_path / "ours", extra={"training": {"stage": "pretrain"}})
+    edm_cfg, ours_cfg = read_model_config(edm), read_model_config(ours)
+    assert (edm_cfg.license, edm_cfg.license_url) == (EDM_LICENSE, EDM_LICENSE_URL)
+    assert EDM_LICENSE == "CC-BY-NC-SA-4.0"
+    assert "e.pkl" in edm_cfg.origin and "NVlabs/edm" in edm_cfg.origin
+    assert ours_cfg.license == "Apache-2.0" and ours_cfg.origin == "pre-trained by onestep (training.pretrain)"
+
+    gen = OneStepGenerator(tiny_denoiser(precond=D2OPrecond))
+    for teacher_cfg, teacher_dir, want in ((edm_cfg, edm, EDM_LICENSE), (ours_cfg, ours, PROJECT_LICENSE)):
+        spdx, url = teacher_cfg.resolved_license
+        teacher = {"model_dir": str(teacher_dir), "license": spdx, "license_url": url, "origin": teacher_cfg.origin}
+        training = {"stage": "finetune", "teacher": teacher}
+        out = save_model(gen, tmp_path / f"g-{teacher_dir.name}", extra={"training": training})
+        cfg = read_model_config(out)
+        assert cfg.license == want and cfg.license_url == url
+        assert cfg.origin == f"fine-tuned by onestep (training.finetune) from teacher: {teacher_cfg.origin}"
+
+    # Older files name no licence: the same rules apply when they are read.
+    for path in (edm, tmp_path / "g-edm"):
+        raw = json.loads((path / "config.json").read_text())
+        for key in ("license", "license_url", "origin"):
+            raw.pop(key)
+        old = ModelConfig.from_json(raw)
+        assert old.license is None and old.resolved_license == (EDM_LICENSE, EDM_LICENSE_URL)
+
+
+def test_explicit_licence_version_and_origin_are_kept(tmp_path):
+    extra = {"license": "MIT", "license_url": "https://example.org/mit", "origin": "a lab", "version": "1.2.0"}
+    cfg = read_model_config(save_model(tiny_denoiser(), tmp_path / "t", extra=extra))
+    assert {k: getattr(cfg, k) for k in extra} == extra
+    assert cfg.extra == {} and ModelConfig.from_json(cfg.to_json()) == cfg
+    raw = cfg.to_json() | {"version": 3}
+    with pytest.raises(CheckpointError, match="field 'version' must be a non-empty string"):
+        ModelConfig.from_json(raw)

@@ -153,6 +153,8 @@ def test_import_matches_network_built_directly(arch, protocol, module_src, senti
         assert torch.equal(loaded(x, sigma, labels, **extra), net(x, sigma, labels, **extra))
     config = read_model_config(out)
     assert config.kind == "denoiser" and config.precond == "edm"
+    assert config.license == "CC-BY-NC-SA-4.0" and config.license_url.startswith("https://creativecommons.org/")
+    assert pkl.name in config.origin  # EDM's licence, recorded with the import
     assert config.precond_kwargs["model_type"] == kw["model_type"]
     imported = config.extra["imported_from"]  # a key of its own, kept as written
     assert imported["file"] == pkl.name and imported["class_name"] == "EDMPrecond"
