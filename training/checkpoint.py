@@ -114,6 +114,7 @@ def precond_name(net: EDMPrecond) -> str:
 
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII without spaces: it travels in HTTP headers
 # Keys of config.json with a field of their own; any other key is kept as read in ``ModelConfig.extra``.
 _MODEL_KEYS = (
     "format_version",
@@ -270,6 +271,9 @@ class ModelConfig:
         sha = f.string("weights_sha256", optional=True)
         if sha is not None and not _SHA256_RE.match(sha):
             raise f.fail("weights_sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+        version = f.string("version", optional=True)
+        if version is not None and not _VERSION_RE.match(version):
+            raise f.fail("version", f"must be 1-64 printable ASCII characters without spaces, got {version!r}")
         sigma = obj.get("sigma")
         if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0):
             raise f.fail("sigma", f"must be a positive number, got {sigma!r}")
@@ -284,7 +288,7 @@ class ModelConfig:
             sigma=float(sigma) if sigma is not None else None,
             dataset=f.mapping("dataset", optional=True),
             training=f.mapping("training", optional=True),
-            version=f.string("version", optional=True),
+            version=version,
             license=f.string("license", optional=True),
             license_url=f.string("license_url", optional=True),
             origin=f.string("origin", optional=True),

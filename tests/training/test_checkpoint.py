@@ -259,3 +259,5 @@ def test_explicit_licence_version_and_origin_are_kept(tmp_path):
     raw = cfg.to_json() | {"version": 3}
     with pytest.raises(CheckpointError, match="field 'version' must be a non-empty string"):
         ModelConfig.from_json(raw)
+    with pytest.raises(CheckpointError, match="field 'version' must be 1-64 printable ASCII"):
+        ModelConfig.from_json(raw | {"version": "1.0 beta"})
