@@ -28,7 +28,8 @@ ENTRY_POINTS = {
     "training.finetune",  # D2O / D2O-F fine-tuning
     "training.make_pairs",  # teacher pairs for the distillation objectives
     "training.import_edm",  # convert an EDM pickle to a model dir
-    "training.evaluate",  # FD / precision / recall / spectra reports
+    "training.evaluate",  # FD / precision / recall / spectra reports, scores of any image set
+    "training.generate",  # images from a model dir or run dir, without a server
     "exporters.__main__",  # python -m exporters {onnx,tensorrt,triton}
     "service.__main__",  # python -m service (the server)
     "service.client",  # python -m service.client: the client users also import; no package module imports it
@@ -36,7 +37,7 @@ ENTRY_POINTS = {
     "benchmarks.exporters",
     "benchmarks.training",
 }
-OPTIONAL_ENTRY_POINTS = {"training.generate"}  # a command that may exist (a thin entry point when it does)
+OPTIONAL_ENTRY_POINTS: set[str] = set()  # commands that may exist (thin entry points when they do)
 # Argument handling the entry points share; like them, only entry points import these.
 CLI_HELPERS = {"training.cli", "service.cli"}
 # Where commands are written down for users and machines.

@@ -17,6 +17,17 @@ from training.run_config import ConfigError, RunConfig
 C = TypeVar("C", bound=RunConfig)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that shows each default once: appended as "(default: X)" unless the help text already says
+    what the default is, and left out where there is nothing to show (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """The destinations of the options given explicitly in ``argv`` (None: the process's arguments, as argparse
     reads them), whatever their defaults or presets say."""

@@ -28,6 +28,21 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: str | torch
     return torch.stack(rows).to(device) if rows else torch.empty(0, *shape, device=device)
 
 
+_M64 = (1 << 64) - 1
+
+
+def class_from_seed(seed: int, label_dim: int) -> int:
+    """The class of a conditional image whose caller names none, drawn from its seed alone (splitmix64's
+    finaliser), so that a seed gives the same image wherever it is generated: the service, ``training.generate``
+    and ``training.generation.OneStepPipeline`` all draw it here."""
+    if label_dim < 1:
+        raise ValueError(f"label_dim must be >= 1 for a class, got {label_dim}")
+    x = (int(seed) + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return (x ^ (x >> 31)) % label_dim
+
+
 def one_hot(labels: torch.Tensor | None, label_dim: int) -> torch.Tensor | None:
     """Integer classes [N] -> float32 one-hot [N, label_dim]; None for unconditional nets or missing labels."""
     if labels is None or label_dim == 0:
