@@ -5,8 +5,10 @@ A batch starts when it holds ``max_batch_size`` images or when its oldest reques
 queued or computing) runs at once, since no wait can help it. While a batch computes, new requests queue
 up and form the next one. Requests larger than a batch are split across batches and reassembled. Finished
 requests of a batch are encoded together in the encode pool (one hand-off per batch, not per request) while
-the next batch computes; with ``encode_overlap`` off they are encoded on the inference thread before the next
-batch starts, for CPUs whose every core the runtime's intra-op threads already use. Work of requests that were
+the next batch computes. They are encoded on the inference thread, in the same hand-off as the compute, when
+nothing is queued (no next batch to overlap with: this saves a thread hand-off per request at low load), when
+``encode_overlap`` is off (for CPUs whose every core the runtime's intra-op threads already use) and for raw
+pixels (a copy, not an encoding). Work of requests that were
 cancelled (client gone, deadline passed) is dropped before compute and never resolves a future twice (the bugs
 of Ray Serve #41057/#50046).
 """
@@ -86,6 +88,7 @@ class Job:
         "fmt",
         "quality",
         "b64",
+        "packed",
         "blobs",
         "encode_s",
         "error",
@@ -100,6 +103,7 @@ class Job:
         fmt: str = "png",
         quality: int = 90,
         b64: bool = True,
+        packed: bool = False,
     ):
         self.n = len(seeds)
         self.seeds = seeds
@@ -118,6 +122,7 @@ class Job:
         self.fmt = fmt
         self.quality = quality
         self.b64 = b64  # base64 for JSON bodies
+        self.packed = packed  # one blob of every image's raw pixels (application/octet-stream bodies)
         self.blobs: list[bytes] = []
         self.encode_s = 0.0
         self.error: Exception | None = None
@@ -125,6 +130,12 @@ class Job:
     def images(self) -> list[np.ndarray]:
         """HWC uint8 views, in request order."""
         return [img for part in self.parts for img in part]
+
+    def encode(self) -> list[bytes]:
+        """The request's images as its response needs them (see ``encode_images``; ``packed``: one raw blob)."""
+        if self.packed:
+            return [b"".join(part.tobytes() for part in self.parts)]
+        return encode_images(self.images(), self.fmt, self.quality, self.b64)
 
 
 class Batcher:
@@ -210,6 +221,7 @@ class Batcher:
         fmt: str = "png",
         quality: int = 90,
         b64: bool = True,
+        packed: bool = False,
     ) -> Job:
         """Queue a request; its future resolves once its images are computed and encoded into ``job.blobs``."""
         if self._closing or self.dead is not None:
@@ -217,7 +229,7 @@ class Batcher:
         n = len(seeds)
         if self.queued_images + n > self.max_queue_images:
             raise QueueFull(f"queue holds {self.queued_images} of {self.max_queue_images} images")
-        job = Job(seeds, labels, deadline, asyncio.get_running_loop().create_future(), fmt, quality, b64)
+        job = Job(seeds, labels, deadline, asyncio.get_running_loop().create_future(), fmt, quality, b64, packed)
         # A request that finds the batcher idle runs at once: waiting could only add latency (Triton's default).
         job.eager = self.idle_dispatch and not self._computing and self.queued_images == 0
         self._queue.append(job)
@@ -310,11 +322,10 @@ class Batcher:
             if labels is not None:
                 labels.extend(job.labels[a:b])  # type: ignore[index]
         size = len(seeds)
-        t0 = time.perf_counter()
         self._computing = True
-        self._compute_started = t0
+        self._compute_started = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self.executor, self.backend.generate, seeds, labels)
+            dt, done, later = await loop.run_in_executor(self.executor, self._run, seeds, labels, batch)
         except Exception as e:  # a failed batch fails its requests, not the service
             self.consecutive_failures += 1
             log.exception("%s: batch of %d failed", self.model, size)
@@ -327,11 +338,27 @@ class Batcher:
             self._computing = False
         self._compute_started = 0.0
         self.consecutive_failures = 0
-        dt = time.perf_counter() - t0
         m = self.metrics
         m.batch_inference.observe(dt)
         m.batch_size.observe(size)
         m.images_generated.inc(size)
+        if done:
+            _resolve(done)
+        if later:
+            # The encode pool, not awaited: the next batch computes meanwhile.
+            encoded = loop.run_in_executor(self.encode_pool, self._encode, later)
+            encoded.add_done_callback(partial(_resolve, later))
+
+    def _run(
+        self, seeds: list[int], labels: list[int] | None, batch: list[tuple[Job, int, int]]
+    ) -> tuple[float, list[Job], list[Job]]:
+        """On the inference thread: compute a batch, hand each job its images, and encode the finished jobs that
+        need not wait for the encode pool. Returns (compute seconds, jobs finished and encoded, finished jobs left to
+        the encode pool)."""
+        t0 = time.perf_counter()
+        out = self.backend.generate(seeds, labels)
+        dt = time.perf_counter() - t0
+        size = len(seeds)
         pos = 0
         finished: list[Job] = []
         for job, a, b in batch:
@@ -344,24 +371,23 @@ class Batcher:
                 if job.done >= job.n:
                     finished.append(job)
             pos += k
-        if not finished:
-            return
-        # Overlap: the encode pool, not awaited, so the next batch computes meanwhile. Otherwise the inference
-        # thread, awaited, so that no encoder competes with the runtime's threads during the next batch.
-        pool = self.encode_pool if self.encode_overlap else self.executor
-        encoded = loop.run_in_executor(pool, self._encode, finished)
-        encoded.add_done_callback(partial(_resolve, finished))
-        if not self.encode_overlap:
-            await asyncio.wait([encoded])
+        # Nothing queued (or no overlap wanted): no next batch to overlap with, so encode here and save a hand-off.
+        if not self.encode_overlap or self.queued_images == 0:
+            self._encode(finished)
+            return dt, finished, []
+        now = [job for job in finished if job.fmt == "raw"]  # a copy of the pixels: not worth a hand-off
+        if now:
+            self._encode(now)
+        return dt, now, [job for job in finished if job.fmt != "raw"]
 
     def _encode(self, jobs: list[Job]) -> None:
-        """Runs in the encode pool, or on the inference thread when ``encode_overlap`` is off."""
+        """Runs in the encode pool, or on the inference thread (see ``_run``)."""
         for job in jobs:
             if job.cancelled is not None:
                 continue
             t0 = time.perf_counter()
             try:
-                job.blobs = encode_images(job.images(), job.fmt, job.quality, job.b64)
+                job.blobs = job.encode()
             except Exception as e:
                 job.error = e
                 continue
@@ -370,8 +396,11 @@ class Batcher:
                 self.observe_encode(job.fmt, job.encode_s)
 
 
-def _resolve(jobs: list[Job], encoded: asyncio.Future) -> None:
-    failure = encoded.exception() if not encoded.cancelled() else RuntimeError("encoding cancelled")
+def _resolve(jobs: list[Job], encoded: asyncio.Future | None = None) -> None:
+    """Resolve finished jobs' futures (on the event loop): with their blobs, or with the encoding's failure."""
+    failure = None
+    if encoded is not None:
+        failure = encoded.exception() if not encoded.cancelled() else RuntimeError("encoding cancelled")
     for job in jobs:
         if job.future.done():
             continue
