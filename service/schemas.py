@@ -6,8 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-ImageFormat = Literal["png", "jpeg", "webp"]
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+ImageFormat = Literal["png", "jpeg", "webp", "raw"]
+MEDIA_TYPES: dict[str, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "raw": "application/octet-stream",
+}
+RAW_DTYPE = "uint8"
 MAX_SEED = (1 << 63) - 1
 
 
@@ -39,7 +45,11 @@ class GenerateRequest(BaseModel):
         strict=True,
         description="Image i uses seed + i. Null: the server draws a seed and returns it.",
     )
-    format: ImageFormat = Field("png", description="Image encoding.")
+    format: ImageFormat = Field(
+        "png",
+        description="Image encoding; raw: the uint8 pixels themselves, height x width x channels in C order, not "
+        "encoded (for machines: no decoder needed, no encoding cost), with shape and dtype beside the data.",
+    )
     quality: int = Field(90, ge=1, le=100, strict=True, description="JPEG/WebP quality (ignored for PNG).")
 
 
@@ -47,8 +57,12 @@ class GeneratedImage(BaseModel):
     seed: int = Field(description="Seed of this image's noise; send it back to get the same image.")
     class_label: int | None = Field(description="Class index used (null for unconditional models).")
     class_name: str | None = Field(description="Name of that class, from the model's config.")
-    media_type: str = Field(description="image/png, image/jpeg or image/webp.")
-    data: str = Field(description="Base64 of the encoded image.")
+    media_type: str = Field(description="image/png, image/jpeg, image/webp, or application/octet-stream (raw).")
+    data: str = Field(description="Base64 of the encoded image (raw: of its pixels).")
+    shape: list[int] | None = Field(
+        None, description="Raw images only: [height, width, channels] of the pixels in data (C order)."
+    )
+    dtype: Literal["uint8"] | None = Field(None, description="Raw images only: the pixels' type, uint8.")
 
 
 class Timing(BaseModel):
