@@ -1,13 +1,18 @@
 """HTTP client for the onestep service (sync and async, httpx) and a small CLI.
 
 python -m service.client generate --url http://127.0.0.1:8000 --class 3 --seed 7 -o out.png
+python -m service.client generate --url http://127.0.0.1:8000 -n 4 -o out.npy      # raw uint8 pixels
 python -m service.client models --url http://127.0.0.1:8000
+
+For machines, ``generate_array`` asks for ``application/octet-stream``: every image's uint8 pixels in one body,
+no image encoding on either side; ``generate(format="raw")`` returns them base64 in JSON (``GeneratedImage.array``).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -15,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FORMATS = ("png", "jpeg", "webp")
-SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+FORMATS = ("png", "jpeg", "webp", "raw")
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".npy": "raw"}
+OCTET_STREAM = "application/octet-stream"
 
 
 class OnestepError(Exception):
@@ -51,11 +58,26 @@ class GeneratedImage:
     class_label: int | None
     class_name: str | None
     media_type: str
-    data: bytes  # the encoded image (PNG/JPEG/WebP bytes), already base64-decoded
+    data: bytes  # the encoded image (PNG/JPEG/WebP bytes) or, for format raw, its pixels; base64-decoded
+    shape: tuple[int, int, int] | None = None  # raw only: height, width, channels
+    dtype: str | None = None  # raw only: uint8
+
+    def array(self) -> np.ndarray:
+        """The image as an H x W x C uint8 array (raw pixels as they are, other formats decoded with Pillow)."""
+        if self.shape is not None:
+            return np.frombuffer(self.data, dtype=self.dtype or "uint8").reshape(self.shape)
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(io.BytesIO(self.data)))
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     def save(self, path: str | Path) -> Path:
+        """Write the image: its encoded bytes, or for raw pixels a .npy file."""
         path = Path(path)
-        path.write_bytes(self.data)
+        if self.shape is not None:
+            np.save(path, self.array(), allow_pickle=False)
+        else:
+            path.write_bytes(self.data)
         return path
 
 
@@ -65,6 +87,16 @@ class Generation:
 
     model: str
     images: list[GeneratedImage]
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class PixelBatch:
+    """One ``application/octet-stream`` answer: every image's pixels as one N x H x W x C uint8 array."""
+
+    pixels: np.ndarray
+    seeds: list[int]
+    class_labels: list[int] | None
     timing: Timing
 
 
@@ -119,10 +151,45 @@ def parse_generation(payload: dict[str, Any]) -> Generation:
             class_name=img.get("class_name"),
             media_type=str(img["media_type"]),
             data=base64.b64decode(img["data"], validate=True),
+            shape=tuple(img["shape"]) if img.get("shape") is not None else None,
+            dtype=img.get("dtype"),
         )
         for img in payload["images"]
     ]
     return Generation(model=str(payload["model"]), images=images, timing=timing)
+
+
+def parse_pixels(response: httpx.Response) -> PixelBatch:
+    """An ``application/octet-stream`` answer: the body reshaped by X-Shape, seeds from X-Seed (image i has
+    seed + i), classes from X-Class-Labels, timing from Server-Timing and X-Batch-Size."""
+    h = response.headers
+    shape = tuple(int(x) for x in h["x-shape"].split(","))
+    pixels = np.frombuffer(response.content, dtype=h.get("x-dtype", "uint8")).reshape(shape)
+    first = int(h["x-seed"])
+    labels = h.get("x-class-labels")
+    durations = {}
+    for part in h.get("server-timing", "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            durations[name] = float(dur)
+    timing = Timing(
+        queue_ms=durations.get("queue", 0.0),
+        inference_ms=durations.get("inference", 0.0),
+        encode_ms=durations.get("encode", 0.0),
+        total_ms=durations.get("total", 0.0),
+        batch_size=int(h.get("x-batch-size", "0")),
+    )
+    return PixelBatch(
+        pixels=pixels,
+        seeds=[(first + i) & ((1 << 63) - 1) for i in range(shape[0])],
+        class_labels=[int(x) for x in labels.split(",")] if labels else None,
+        timing=timing,
+    )
+
+
+def _image_format(fmt: str) -> None:
+    if fmt not in FORMATS or fmt == "raw":
+        raise ValueError(f"generate_raw returns an encoded image (png, jpeg, webp), not {fmt!r}: see generate_array")
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
@@ -183,10 +250,24 @@ class OnestepClient:
         model: str | None = None,
     ) -> bytes:
         """One image as raw bytes (``Accept: image/<format>``), skipping the JSON/base64 wrapping."""
+        _image_format(format)
         body = generate_body(1, class_label, seed, format, quality, model)
         response = self._http.post("/v1/generate", json=body, headers={"Accept": f"image/{format}"})
         raise_for_error(response)
         return response.content
+
+    def generate_array(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> PixelBatch:
+        """Every image's uint8 pixels as one N x H x W x C array (``Accept: application/octet-stream``)."""
+        body = generate_body(num_images, class_labels, seed, "raw", None, model)
+        response = self._http.post("/v1/generate", json=body, headers={"Accept": OCTET_STREAM})
+        raise_for_error(response)
+        return parse_pixels(response)
 
     def models(self) -> list[dict[str, Any]]:
         response = self._http.get("/v1/models")
@@ -263,10 +344,23 @@ class AsyncOnestepClient:
         quality: int | None = None,
         model: str | None = None,
     ) -> bytes:
+        _image_format(format)
         body = generate_body(1, class_label, seed, format, quality, model)
         response = await self._http.post("/v1/generate", json=body, headers={"Accept": f"image/{format}"})
         raise_for_error(response)
         return response.content
+
+    async def generate_array(
+        self,
+        num_images: int = 1,
+        class_labels: int | list[int] | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> PixelBatch:
+        body = generate_body(num_images, class_labels, seed, "raw", None, model)
+        response = await self._http.post("/v1/generate", json=body, headers={"Accept": OCTET_STREAM})
+        raise_for_error(response)
+        return parse_pixels(response)
 
     async def models(self) -> list[dict[str, Any]]:
         response = await self._http.get("/v1/models")
@@ -318,14 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i")
     g.add_argument("-n", "--num-images", type=int, default=1)
-    g.add_argument("--format", choices=FORMATS, default=None, help="default: from the output suffix, else png")
+    g.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="default: from the output suffix (.npy: raw pixels), else png",
+    )
     g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1..100")
     g.add_argument(
         "-o",
         "--output",
         type=Path,
         default=Path("out.png"),
-        help="output file; with several images -0, -1, ... is added before the suffix",
+        help="output file; with several images -0, -1, ... is added before the suffix; raw pixels go to .npy files",
     )
     sub.add_parser("models", help="list the served models as JSON")
     sub.add_parser("ready", help="exit 0 when the service is ready, 1 otherwise")
@@ -355,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     t = result.timing
-    for path, img in zip(_output_paths(args.output, len(result.images)), result.images, strict=True):
+    out = args.output.with_suffix(".npy") if fmt == "raw" and args.output.suffix != ".npy" else args.output
+    for path, img in zip(_output_paths(out, len(result.images)), result.images, strict=True):
         img.save(path)
         label = f"class {img.class_label}" + (f" ({img.class_name})" if img.class_name else "")
         print(f"{path}  seed {img.seed}  {label}  {len(img.data)} bytes")

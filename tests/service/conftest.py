@@ -114,7 +114,13 @@ def serve(models_dir: Path) -> Iterator[Callable[..., LiveServer]]:
 
 def default_settings(models_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = dict(
-        models_dir=models_dir, default_model=COND, max_batch_size=8, max_wait_ms=2, warmup=False, torch_threads=1
+        models_dir=models_dir,
+        default_model=COND,
+        backend="torch",  # the default, auto, would serve through ONNX Runtime here (an export per model dir)
+        max_batch_size=8,
+        max_wait_ms=2,
+        warmup=False,
+        torch_threads=1,
     )
     values.update(overrides)
     return Settings(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from service.config import Settings
@@ -23,18 +25,33 @@ async def burst(url: str, payloads: list[dict], timeout: float = 60) -> list[htt
         return await asyncio.gather(*(c.post("/generate", json=p) for p in payloads))
 
 
+def raw_pixels(image: dict) -> np.ndarray:
+    """A format-raw JSON image as an H x W (grey) or H x W x C array, as PNG decoding gives it."""
+    pixels = np.frombuffer(base64.b64decode(image["data"]), np.uint8).reshape(image["shape"])
+    return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+
+
 def test_batched_images_equal_lone_images(serve: Callable[..., LiveServer]) -> None:
+    """The same (model, seed, class) gives the same pixels whatever shares its batch, in every format: PNG and raw
+    pixels in a batch, then alone as PNG, as raw JSON and as an application/octet-stream body."""
     live = serve(max_batch_size=16, max_wait_ms=300)
-    payloads = [{"seed": 1000 + 17 * i, "class_labels": i % 10} for i in range(16)]
+    payloads = [{"seed": 1000 + 17 * i, "class_labels": i % 10, "format": "raw" if i % 2 else "png"} for i in range(16)]
     together = asyncio.run(burst(live.url, payloads))
     assert all(r.status_code == 200 for r in together), [r.text for r in together]
     sizes = [r.json()["timing"]["batch_size"] for r in together]
     assert max(sizes) > 1, sizes  # they really shared batches
     with httpx.Client(base_url=live.url, timeout=30) as c:
         for p, r in zip(payloads, together, strict=True):
-            alone = c.post("/generate", json=p).json()
+            image = r.json()["images"][0]
+            batched = raw_pixels(image) if p["format"] == "raw" else decode_json_images(r.json())[0]
+            alone = c.post("/generate", json={**p, "format": "png"}).json()
             assert alone["timing"]["batch_size"] == 1
-            assert max_diff(decode_json_images(alone)[0], decode_json_images(r.json())[0]) <= 1
+            assert max_diff(decode_json_images(alone)[0], batched) <= 1
+            alone_raw = raw_pixels(c.post("/generate", json={**p, "format": "raw"}).json()["images"][0])
+            octet = c.post("/generate", json=p, headers={"Accept": "application/octet-stream"})
+            assert octet.headers["x-shape"] == "1,16,16,1"
+            pixels = np.frombuffer(octet.content, np.uint8).reshape(16, 16)
+            assert max_diff(alone_raw, batched) <= 1 and np.array_equal(pixels, alone_raw)
 
 
 def test_queue_full_burst_gets_503_with_retry_after(serve: Callable[..., LiveServer]) -> None:
@@ -111,9 +128,8 @@ def test_not_ready_model_gives_503(tmp_path: Path, models_dir: Path) -> None:
     shutil.copytree(models_dir / UNCOND, root / "broken")
     weights = root / "broken" / "generator.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
-    live = LiveServer(Settings(models_dir=root, default_model=COND, warmup=False, torch_threads=1)).start(
-        wait_ready=False
-    )
+    settings = Settings(models_dir=root, default_model=COND, backend="torch", warmup=False, torch_threads=1)
+    live = LiveServer(settings).start(wait_ready=False)
     try:
         with httpx.Client(base_url=live.url, timeout=30) as c:
             end = time.monotonic() + 30

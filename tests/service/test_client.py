@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,6 +42,32 @@ def test_same_seed_same_bytes_and_formats(server: LiveServer) -> None:
         assert jpeg.media_type == "image/jpeg" and jpeg.data[:2] == b"\xff\xd8"
         raw = client.generate_raw(class_label=1, seed=11)
         assert raw == a[0].data
+
+
+def test_raw_pixels_as_json_and_as_octet_stream(server: LiveServer) -> None:
+    """format raw (base64 pixels with shape and dtype in JSON) and Accept: application/octet-stream (one array):
+    the same pixels as the lossless PNG of the same seeds and classes."""
+    with OnestepClient(server.url) as client:
+        png = client.generate(num_images=3, class_labels=[1, 2, 3], seed=21)
+        raw = client.generate(num_images=3, class_labels=[1, 2, 3], seed=21, format="raw")
+        batch = client.generate_array(num_images=3, class_labels=[1, 2, 3], seed=21)
+        with pytest.raises(ValueError, match="generate_array"):
+            client.generate_raw(seed=1, format="raw")
+        rgb = client.generate_array(num_images=2, seed=5, model=UNCOND)
+    for p, r in zip(png, raw, strict=True):
+        assert r.media_type == "application/octet-stream" and r.shape == (16, 16, 1) and r.dtype == "uint8"
+        assert len(r.data) == 16 * 16 and np.array_equal(r.array(), p.array())
+    assert batch.pixels.shape == (3, 16, 16, 1) and batch.pixels.dtype == np.uint8
+    assert batch.seeds == [21, 22, 23] and batch.class_labels == [1, 2, 3]
+    assert np.array_equal(batch.pixels, np.stack([p.array() for p in png]))
+    assert batch.timing.inference_ms > 0 and batch.timing.batch_size >= 1
+    assert rgb.pixels.shape == (2, 8, 8, 3) and rgb.class_labels is None and rgb.seeds == [5, 6]
+
+    async def go() -> np.ndarray:
+        async with AsyncOnestepClient(server.url) as client:
+            return (await client.generate_array(num_images=3, class_labels=[1, 2, 3], seed=21)).pixels
+
+    assert np.array_equal(asyncio.run(go()), batch.pixels)
 
 
 def test_models_ready_and_errors(server: LiveServer) -> None:
@@ -88,6 +115,11 @@ def test_cli_writes_png(server: LiveServer, tmp_path: Path) -> None:
     )
     assert many.returncode == 0, many.stderr
     assert Image.open(tmp_path / "m-1.webp").format == "WEBP"
+
+    npy = subprocess.run([*cmd, "-o", str(tmp_path / "px.npy")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert npy.returncode == 0, npy.stderr
+    pixels = np.load(tmp_path / "px.npy", allow_pickle=False)
+    assert pixels.shape == (16, 16, 1) and np.array_equal(pixels[:, :, 0], np.asarray(img))
 
     bad = subprocess.run(
         [*cmd[:-4], "--model", "nope", "-o", str(tmp_path / "x.png")],

@@ -48,6 +48,32 @@ def test_formats_json_and_raw(client: httpx.Client, fmt: str, magic: bytes) -> N
         assert np.array_equal(decode(raw.content), decode(base64.b64decode(img["data"])))
 
 
+def test_raw_format_in_json_and_as_octet_stream(client: httpx.Client) -> None:
+    payload = {"num_images": 2, "seed": 3, "class_labels": [1, 4]}
+    png = decode_json_images(client.post("/generate", json=payload).json())
+    r = client.post("/generate", json={**payload, "format": "raw"})
+    assert r.status_code == 200, r.text
+    images = r.json()["images"]
+    for img, expected in zip(images, png, strict=True):
+        assert img["media_type"] == "application/octet-stream" and img["shape"] == [16, 16, 1]
+        assert img["dtype"] == "uint8" and "class_name" in img
+        pixels = np.frombuffer(base64.b64decode(img["data"]), np.uint8).reshape(img["shape"])
+        assert np.array_equal(pixels[:, :, 0], expected)
+    for accept in ("application/octet-stream", "application/octet-stream, application/json;q=0.5"):
+        for fmt in ("raw", "png"):  # the Accept header decides the body, as image/png does
+            body = client.post("/generate", json={**payload, "format": fmt}, headers={"Accept": accept})
+            assert body.status_code == 200, body.text
+            assert body.headers["content-type"] == "application/octet-stream"
+            assert body.headers["x-shape"] == "2,16,16,1" and body.headers["x-dtype"] == "uint8"
+            assert body.headers["x-seed"] == "3" and body.headers["x-class-labels"] == "1,4"
+            assert "inference;dur=" in body.headers["server-timing"] and int(body.headers["x-batch-size"]) >= 1
+            assert np.array_equal(np.frombuffer(body.content, np.uint8).reshape(2, 16, 16), np.stack(png))
+    rgb = client.post("/generate", json={"model": UNCOND, "seed": 1}, headers={"Accept": "application/octet-stream"})
+    assert rgb.headers["x-shape"] == "1,8,8,3" and "x-class-labels" not in rgb.headers and len(rgb.content) == 192
+    refused = client.post("/generate", json={**payload, "format": "raw"}, headers={"Accept": "image/*"})
+    assert refused.status_code == 406 and refused.json()["error"]["field"] == "format"
+
+
 def test_seeds_labels_and_random_choices(client: httpx.Client) -> None:
     a = client.post("/generate", json={"num_images": 2, "class_labels": [7, 2], "seed": 100}).json()
     assert [i["class_label"] for i in a["images"]] == [7, 2]
