@@ -91,6 +91,25 @@ class Settings(BaseSettings):
         description="Run the torch backend's convolutions on channels-last (NHWC) tensors; on CPU oneDNN's NHWC "
         "kernels gave 15% more images/s than the trace alone at batch 1 and 40% at batch 32 (docs/benchmarks.md).",
     )
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Precision of the torch backend's U-Net (preconditioning and outputs stay float32). A reduced "
+        "precision is served only when, at load, the model's images on 16 fixed seeds stay within max |diff| 0.25 "
+        "of float32 on the [-1, 1] scale and within 0.5 uint8 levels on average (bfloat16 on fmnist-d2o: 0.08 and "
+        "0.29); else float32, with a log line saying why. auto: bfloat16, else float16, on CUDA; float32 on CPU.",
+    )
+    torch_cuda_graphs: bool = Field(
+        True,
+        description="On CUDA, capture one CUDA graph per batch bucket (powers of two up to max_batch_size) at "
+        "warm-up and replay it per batch; a batch is padded to its bucket (the padding is never returned). Each "
+        "capture is checked against eager; on any failure the backend serves eagerly (logged). Ignored on CPU.",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="On CUDA, torch.compile the generator (static shapes, one compile per bucket at warm-up, then "
+        "captured in the CUDA graphs); warm-up takes minutes. Ignored on CPU. Measured against the graphs alone "
+        "by benchmarks.gpu (docs/benchmarks.md).",
+    )
     ort_intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads; unset lets ONNX Runtime choose."
     )
