@@ -1,4 +1,5 @@
-"""Evaluation of one-step generators and their teachers against real data (``python -m training.evaluate``).
+"""Evaluation of one-step generators, their teachers and any image set against real data
+(``python -m training.evaluate``).
 
 One job per module:
 
@@ -8,7 +9,11 @@ One job per module:
 - ``reference``: the real images (the test split, and a train subset as the real-vs-real floor);
 - ``classifier``: the evaluation classifier whose features the metrics compare (model, training, model dirs);
 - ``inception``: Inception-v3 features for the usual FID, from a local weights file;
-- ``features``: images to feature vectors and class logits;
+- ``features``: the feature spaces (classifier, teacher encoder, Inception), their fingerprints and the choice
+  among them;
+- ``imagesets``: image sets to score or compare with (folders, .npz arrays, data set splits);
+- ``stats``: reference statistics files, written once and compared with many sets;
+- ``score``: one image set against a reference (``score`` and ``ref``);
 - ``metrics``: Fréchet distance, KID, precision/recall and class accuracy on feature vectors;
 - ``spectra``: radially averaged power spectra;
 - ``evaluator``: the reference features, and one sample set measured against them;

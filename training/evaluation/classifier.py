@@ -305,11 +305,25 @@ def find_classifier(path: str | Path) -> Path:
 
 
 def train_classifier_dir(
-    data: str, data_path: str | None, out: str | Path, options: TrainOptions, log: Callable[[str], None] = print
+    data: str,
+    data_path: str | None,
+    out: str | Path,
+    options: TrainOptions,
+    log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train on the train split of data set ``data``, test on its test split and save the classifier dir ``out``
-    with its metric name, data set, class names and training summary; returns what it added to config.json."""
+    with its metric name, data set, class names and training summary; returns what it added to config.json.
+
+    A classifier already in ``out`` is replaced only with ``force``: every score in its feature space depends on it.
+    """
     from training.datasets import open_dataset
+
+    if (Path(out) / CONFIG_NAME).exists() and not force:
+        raise FileExistsError(
+            f"{out}: holds a classifier already (scores in its feature space depend on it); choose another --out, "
+            "or pass --force to replace it"
+        )
 
     train = open_dataset(data, split="train", path=data_path)
     test = open_dataset(data, split="test", path=data_path)

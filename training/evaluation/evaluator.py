@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.evaluation.classifier import Classifier
-from training.evaluation.features import FeatureFn, extract_features
+from training.evaluation.features import FeatureExtractor, extract_features
 from training.evaluation.metrics import FeatureStats, SetMetrics, compare, frechet_distance_stats
 from training.evaluation.options import EvalOptions, Log
 from training.evaluation.spectra import SpectrumAccumulator
@@ -36,18 +35,19 @@ class SetResult:
 
 
 class Evaluator:
-    """Holds the reference features and measures sample sets against them."""
+    """Holds the reference features and measures sample sets against them in ``extractor``'s feature space
+    (plus Inception's, for an FID column, where ``inception`` is given)."""
 
     def __init__(
         self,
-        classifier: Classifier,
+        extractor: FeatureExtractor,
         reference: torch.Tensor,
         options: EvalOptions,
         reference_grid: torch.Tensor | None = None,
-        inception: FeatureFn | None = None,
+        inception: FeatureExtractor | None = None,
         log: Log = print,
     ):
-        self.classifier = classifier
+        self.extractor = extractor
         self.options = options
         self.inception = inception
         self.log = log
@@ -60,7 +60,7 @@ class Evaluator:
             yield images[start : start + self.options.batch]
 
     def _features(self, batches, spectrum: SpectrumAccumulator):
-        return extract_features(batches, self.classifier, self.inception, self.options.device, spectrum)
+        return extract_features(batches, self.extractor, self.inception, spectrum)
 
     def measure(
         self,
@@ -92,7 +92,7 @@ class Evaluator:
                 yield images
 
         feats, logits, inc = self._features(batches(), spectrum)
-        conditional = labels is not None and logits.shape[1] == self.classifier.config.num_classes
+        conditional = labels is not None and logits is not None and logits.shape[1] == self.extractor.num_classes
         metrics = compare(
             self.real_features,
             feats,

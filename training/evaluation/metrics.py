@@ -173,9 +173,16 @@ def compare(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
+    real_stats: FeatureStats | None = None,
 ) -> SetMetrics:
-    """All metrics of one sample set against the reference features."""
-    real_stats, fake_stats = FeatureStats.of(real_features), FeatureStats.of(fake_features)
+    """All metrics of one sample set against the reference features.
+
+    ``real_stats``: the reference's mean and covariance where they were computed over more images than
+    ``real_features`` holds (a statistics file keeps all images' moments and a fixed subset of their features,
+    which KID and precision/recall use); by default they are computed from ``real_features``.
+    """
+    real_stats = real_stats if real_stats is not None else FeatureStats.of(real_features)
+    fake_stats = FeatureStats.of(fake_features)
     kid_mean, kid_std = kid(real_features, fake_features, kid_subsets, kid_subset_size)
     n = min(len(real_features), len(fake_features))
     precision, recall = precision_recall(real_features[:n], fake_features[:n], k=pr_k)

@@ -25,11 +25,14 @@ class EvalOptions:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     device: str = "cpu"
+    reference_split: str = "test"  # the split samples are compared with; the other one gives the real floor
 
     def __post_init__(self) -> None:
         if self.num_samples < 4:
             raise ValueError("--num-samples must be at least 4")
         if self.batch < 1:
             raise ValueError("--batch must be at least 1")
+        if self.reference_split not in ("train", "test"):
+            raise ValueError(f"reference split must be train or test, got {self.reference_split!r}")
         for n in self.nfe:
             heun_steps_for_nfe(n)  # raises on even or non-positive NFE

@@ -4,7 +4,7 @@ the snapshot curves of fine-tune run dirs, and the report written."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,36 +13,57 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_model
-from training.evaluation.classifier import find_classifier, load_classifier, read_classifier_config
+from training.datasets import open_dataset
+from training.evaluation.classifier import DEFAULT_CLASSIFIER
 from training.evaluation.evaluator import Evaluator, SetResult
-from training.evaluation.inception import load_inception_features
+from training.evaluation.features import build_extractor, choose_features, inception_features
 from training.evaluation.options import EvalOptions, Log
-from training.evaluation.reference import class_ordered, load_reference, real_train_set
+from training.evaluation.reference import class_ordered, load_reference, other_split, real_train_set
 from training.evaluation.report import environment, summarize, write_report
 from training.evaluation.samples import balanced_labels, generator_fn
 from training.evaluation.sources import Source
 
 
+def known_teacher(sources: Sequence[Source]) -> str | None:
+    """A teacher for label-free features: the first denoiser evaluated, else the teacher a generator's config
+    records (where that path exists here)."""
+    for src in sources:
+        if src.kind == "denoiser":
+            return str(src.run_dir or src.model_dir)
+    for src in sources:
+        record = (src.config.training or {}).get("teacher")
+        for key in ("path", "model_dir"):
+            path = record.get(key) if isinstance(record, Mapping) else None
+            if isinstance(path, str) and Path(path).is_dir():
+                return path
+    return None
+
+
 def run_evaluation(
     sources: Sequence[Source],
     out_dir: str | Path,
-    classifier_dir: str | Path,
+    classifier_dir: str | Path | None = DEFAULT_CLASSIFIER,
     data: str | None = None,
     data_path: str | None = None,
     options: EvalOptions | None = None,
     inception_path: str | None = None,
     log: Log = print,
+    features: str = "auto",
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every source, write ``metrics.json``, ``report.md`` and the plots; returns the metrics dict."""
+    """Evaluate every source, write ``metrics.json``, ``report.md`` and the plots; returns the metrics dict.
+
+    ``features`` picks the feature space (``training.evaluation.features.choose_features``): ``auto`` takes the
+    evaluation classifier for class-conditional models on labelled data, and otherwise a space that needs no
+    labels, the encoder of ``teacher`` (default: the first denoiser evaluated, or the teacher a generator records)
+    or Inception from ``inception_path``. With the classifier, ``inception_path`` adds an FID column.
+    """
     options = options or EvalOptions()
     if not sources:
         raise ValueError("nothing to evaluate: pass at least one --model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    inception = None
-    if inception_path is not None:
-        inception = load_inception_features(inception_path, device=options.device)
     resolutions = {s.config.img_resolution for s in sources}
     if len(resolutions) != 1:
         raise ValueError(f"all models must share one resolution, got {sorted(resolutions)}")
@@ -51,25 +72,39 @@ def run_evaluation(
     data = data or sources[0].config.dataset_spec
     if not data:
         raise ValueError("no --data given and the first model's config.json names no dataset.spec")
-    classifier_dir = find_classifier(classifier_dir)
-    classifier = load_classifier(classifier_dir, device=options.device)
-    clf_config = read_classifier_config(classifier_dir)
-    metric_name = clf_config.get("metric_name", "FD")
+    split = options.reference_split
+    labelled = open_dataset(data, split=split, path=data_path).num_classes > 0
+    choice = choose_features(
+        features,
+        data=data,
+        labelled=labelled,
+        conditional=all(s.config.label_dim > 0 for s in sources),
+        classifier=classifier_dir,
+        teacher=teacher if teacher is not None else known_teacher(sources),
+        inception=inception_path,
+    )
+    extractor = build_extractor(choice.kind, choice.source, device=options.device)
+    log(f"Features: {extractor.description} ({choice.reason})")
+    inception = None
+    if inception_path is not None and choice.kind != "inception":
+        inception = inception_features(inception_path, device=options.device)
+    metric_name = extractor.metric_name
 
     reference, reference_labels = load_reference(data, data_path, resolution, channels, options, log)
     label_dim = sources[0].config.label_dim
     grid_idx = class_ordered(reference_labels, options.grid, label_dim)
-    evaluator = Evaluator(classifier, reference, options, reference[grid_idx], inception, log)
+    evaluator = Evaluator(extractor, reference, options, reference[grid_idx], inception, log)
     n = options.num_samples
     seeds = [options.seed + i for i in range(n)]
 
     results: list[SetResult] = []
-    grids: list[tuple[str, torch.Tensor]] = [("real (test)", evaluator.real_grid)]
+    grids: list[tuple[str, torch.Tensor]] = [(f"real ({split})", evaluator.real_grid)]
     spectra: dict[str, np.ndarray] = {"real": evaluator.real_spectrum.mean()}
 
-    train_images, train_labels = real_train_set(data, data_path, resolution, channels, n, options.seed)
+    floor = other_split(split)
+    train_images, train_labels = real_train_set(data, data_path, resolution, channels, n, options.seed, floor)
     res, _, _ = evaluator.measure(
-        "real (train split)", "real", lambda a, b: train_images[a:b], train_labels, len(train_images)
+        f"real ({floor} split)", "real", lambda a, b: train_images[a:b], train_labels, len(train_images)
     )
     res.seconds = 0.0
     results.append(res)
@@ -105,12 +140,18 @@ def run_evaluation(
         "metric_name": metric_name,
         "data": data,
         "resolution": resolution,
-        "classifier": {
-            "dir": str(classifier_dir),
-            "test_accuracy": clf_config.get("test_accuracy"),
-            "feature_dim": clf_config["architecture"].get("feature_dim"),
-        },
-        "inception": inception_path,
+        "classifier": (
+            {
+                "dir": extractor.info["dir"],
+                "test_accuracy": extractor.info["test_accuracy"],
+                "feature_dim": extractor.feature_dim,
+            }
+            if extractor.kind == "classifier"
+            else None
+        ),
+        "features": {**extractor.to_json(), "reason": choice.reason},
+        "reference_split": split,
+        "inception": inception_path if inception is not None else None,
         "options": asdict(options),
         "reference_images": len(reference),
         "results": [r.row() for r in results],

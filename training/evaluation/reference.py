@@ -12,12 +12,18 @@ from training.evaluation.options import EvalOptions, Log
 def load_reference(
     data: str, data_path: str | None, resolution: int, channels: int, options: EvalOptions, log: Log
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``options.num_real`` (default: all) test images and their labels."""
-    test = open_dataset(data, split="test", resolution=resolution, path=data_path, channels=channels)
-    n = len(test) if options.num_real is None else min(options.num_real, len(test))
-    images, labels = test.get_batch(list(range(n)))
-    log(f"Reference: {n} test images of {data} at {resolution}x{resolution}")
+    """The first ``options.num_real`` (default: all) images of the reference split and their labels."""
+    split = options.reference_split
+    ref = open_dataset(data, split=split, resolution=resolution, path=data_path, channels=channels)
+    n = len(ref) if options.num_real is None else min(options.num_real, len(ref))
+    images, labels = ref.get_batch(list(range(n)))
+    log(f"Reference: {n} {split} images of {data} at {resolution}x{resolution}")
     return images, labels
+
+
+def other_split(split: str) -> str:
+    """The split the real-vs-real floor draws from: the one the samples are not compared with."""
+    return "test" if split == "train" else "train"
 
 
 def class_ordered(labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
@@ -34,10 +40,11 @@ def class_ordered(labels: torch.Tensor, count: int, num_classes: int) -> torch.T
 
 
 def real_train_set(
-    data: str, data_path: str | None, resolution: int, channels: int, count: int, seed: int
+    data: str, data_path: str | None, resolution: int, channels: int, count: int, seed: int, split: str = "train"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of the train split: the real-vs-real floor of each metric at this sample count."""
-    train = open_dataset(data, split="train", resolution=resolution, path=data_path, channels=channels)
+    """A seeded random subset of a split (the train split by default): the real-vs-real floor of each metric at
+    this sample count."""
+    train = open_dataset(data, split=split, resolution=resolution, path=data_path, channels=channels)
     count = min(count, len(train))
     idx = np.random.default_rng(seed).choice(len(train), count, replace=False)
     images, labels = train.get_batch(sorted(idx.tolist()))

@@ -106,14 +106,25 @@ def _sig(value: float | None) -> str:
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
     opts = m["options"]
+    split = m.get("reference_split", "test")
+    last_seed = opts["seed"] + opts["num_samples"] - 1
+    if m.get("classifier"):
+        features = (
+            f"Features: the evaluation classifier `{m['classifier']['dir']}` "
+            f"(test accuracy {_fmt(m['classifier']['test_accuracy'], 4)}, {m['classifier']['feature_dim']}-d)."
+        )
+    else:
+        f = m["features"]
+        features = (
+            f"Features: {f['description']} ({f['feature_dim']}-d, needs no labels; extractor "
+            f"`{f['fingerprint'][:12]}`); no class accuracy."
+        )
     lines = [
         "# Evaluation report",
         "",
-        f"Data: `{m['data']}` at {m['resolution']}×{m['resolution']}; reference: {m['reference_images']} test images. "
-        f"{opts['num_samples']} samples per set (seeds {opts['seed']}..{opts['seed'] + opts['num_samples'] - 1}, "
-        "classes balanced, the same noise for every model). "
-        f"Features: the evaluation classifier `{m['classifier']['dir']}` "
-        f"(test accuracy {_fmt(m['classifier']['test_accuracy'], 4)}, {m['classifier']['feature_dim']}-d).",
+        f"Data: `{m['data']}` at {m['resolution']}×{m['resolution']}; reference: {m['reference_images']} {split} "
+        f"images. {opts['num_samples']} samples per set (seeds {opts['seed']}..{last_seed}, "
+        "classes balanced, the same noise for every model). " + features,
         "",
         f"| set | sampler | NFE | training images | {name} | KID ×10³ | precision | recall | class accuracy "
         + ("| FID " if m.get("inception") else "")
@@ -142,7 +153,8 @@ def render_report(m: dict[str, Any]) -> str:
     lines += ["", "## Summary", ""]
     if "real_fd_floor" in s:
         lines.append(
-            f"- Real-vs-real floor ({opts['num_samples']} train images against the test set): "
+            f"- Real-vs-real floor ({opts['num_samples']} {'test' if split == 'train' else 'train'} images against "
+            f"the {split} set): "
             f"{name} {_sig(s['real_fd_floor'])}."
         )
     if "teacher_best" in s:
