@@ -8,6 +8,10 @@ Graph contract (``onestep_format`` 1):
 Preconditioning, sigma_max scaling and the one-hot label lookup are inside the graph. The exporter is
 torch's dynamo exporter (``torch.export`` + onnxscript): the TorchScript one cannot export EDM's
 resampling convolutions, whose FIR kernels are built at run time.
+
+Metadata (``metadata_props``): ``onestep_format`` (the graph contract's version above), the model's name, shape
+and classes, ``config_sha256`` and ``weights_sha256`` (the config.json and weights file the graph was exported
+from: a cached export is current when both still match, see ``export_is_current``), precision and versions.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from torch import nn
 
 from exporters.graph import INPUT_LABELS, INPUT_Z, OUTPUT_IMAGES, OUTPUT_UINT8, to_uint8_nhwc
 from exporters.parity import DEFAULT_BATCHES, ParityReport, compare, torch_runner
-from training.checkpoint import CONFIG_NAME, CheckpointError, ModelConfig, load_model, read_model_config
+from training.checkpoint import (
+    CONFIG_NAME,
+    CheckpointError,
+    ModelConfig,
+    file_sha256,
+    load_model,
+    read_model_config,
+)
 from training.precond import OneStepGenerator
 
 log = logging.getLogger(__name__)
@@ -153,11 +164,18 @@ def strip_node_metadata(graph: Any) -> None:
 
 
 def add_metadata(
-    model: Any, config: ModelConfig, config_bytes: bytes, *, precision: str, uint8_output: bool
+    model: Any,
+    config: ModelConfig,
+    config_bytes: bytes,
+    *,
+    precision: str,
+    uint8_output: bool,
+    weights_sha256: str = "",
 ) -> None:
     meta = {
         "name": config.name or "",
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+        "weights_sha256": weights_sha256,
         "img_resolution": str(config.img_resolution),
         "img_channels": str(config.img_channels),
         "label_dim": str(config.label_dim),
@@ -173,6 +191,29 @@ def add_metadata(
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = f"onestep one-step generator {meta['name']!r}: z (and class_labels) -> images in [-1, 1]"
+
+
+def export_is_current(
+    metadata: dict[str, str], model_dir: Path | str, *, precision: str = "fp32", uint8_output: bool = True
+) -> str | None:
+    """Why an exported graph no longer matches ``model_dir`` (None when it does): another graph contract version
+    (``onestep_format``), precision or outputs, or a config.json or weights file other than the ones it was exported
+    from (by SHA-256; an export without ``weights_sha256`` is from before it was recorded)."""
+    model_dir = Path(model_dir)
+    if metadata.get("onestep_format") != str(ONNX_FORMAT_VERSION):
+        return f"graph format {metadata.get('onestep_format')!r}, not {ONNX_FORMAT_VERSION}"
+    if metadata.get("precision", "fp32") != precision or metadata.get("uint8_output") != str(int(uint8_output)):
+        return "another precision or output set"
+    config_bytes = (model_dir / CONFIG_NAME).read_bytes()
+    if metadata.get("config_sha256") != hashlib.sha256(config_bytes).hexdigest():
+        return "config.json changed"
+    config = read_model_config(model_dir)
+    recorded = metadata.get("weights_sha256")
+    if not recorded:
+        return "no weights hash recorded (an older export)"
+    if recorded != file_sha256(model_dir / config.weights):
+        return "weights changed"
+    return None
 
 
 def read_metadata(path: Path | str) -> dict[str, str]:
@@ -211,17 +252,20 @@ def export_onnx(
             f"{model_dir / CONFIG_NAME}: kind is {config.kind!r}; only a one-step generator can be exported"
         )
     config_bytes = (model_dir / CONFIG_NAME).read_bytes()
+    weights_sha256 = file_sha256(model_dir / config.weights)
     generator = load_model(model_dir)
     assert isinstance(generator, OneStepGenerator)
     out = Path(out) if out is not None else model_dir / default_onnx_name(precision)
 
     wrapper = ExportWrapper(generator, uint8_output=uint8_output, precision=precision).eval()
     model = torch_to_onnx(wrapper, opset=opset)
-    add_metadata(model, config, config_bytes, precision=precision, uint8_output=uint8_output)
+    add_metadata(
+        model, config, config_bytes, precision=precision, uint8_output=uint8_output, weights_sha256=weights_sha256
+    )
     onnx.checker.check_model(model, full_check=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # per process: two server workers may export at once
     onnx.save_model(model, str(tmp))
     try:
         if check_parity:

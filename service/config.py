@@ -9,7 +9,21 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "null"]
+
+
+def auto_backend() -> BackendName:
+    """What ``backend=auto`` serves with: torch on a CUDA host; on a CPU-only host ONNX Runtime when it and the
+    exporter's packages (onnx, onnxscript: the first load exports model.onnx) are importable, else torch."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return "torch"
+    if all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript")):
+        return "onnxruntime"
+    return "torch"
 
 
 def _str_list(value: object) -> object:
@@ -36,8 +50,12 @@ class Settings(BaseSettings):
         "fmnist-d2o",
         description="Model used when a request names none; loaded first. Falls back to the first model found.",
     )
-    backend: BackendName = Field(
-        "torch", description="Inference backend for every model: torch, onnxruntime or tensorrt."
+    backend: Literal["auto"] | BackendName = Field(
+        "auto",
+        description="Inference backend for every model: auto, torch, onnxruntime or tensorrt. auto: torch when a "
+        "CUDA GPU is present, else ONNX Runtime when onnxruntime, onnx and onnxscript are installed (model.onnx is "
+        "exported once next to the weights and re-exported when they change), else torch. null is for "
+        "benchmarks only (benchmarks.service --null-model): no model compute, the images are the noise itself.",
     )
     model_backends: dict[str, BackendName] = Field(
         default_factory=dict,
@@ -163,4 +181,5 @@ class Settings(BaseSettings):
         return self
 
     def backend_for(self, model: str) -> BackendName:
-        return self.model_backends.get(model, self.backend)
+        name = self.model_backends.get(model, self.backend)
+        return auto_backend() if name == "auto" else name

@@ -24,4 +24,8 @@ def create_backend(name: str, model_dir: Path, config: ModelConfig, settings: Se
         from service.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(model_dir, config, settings)
+    if name == "null":  # benchmarks only (no model compute); served only when named explicitly
+        from service.backends.null import NullBackend
+
+        return NullBackend(model_dir, config, settings)
     raise BackendError(f"unknown backend {name!r}; expected torch, onnxruntime or tensorrt")

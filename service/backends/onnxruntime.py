@@ -1,7 +1,17 @@
-"""ONNX Runtime backend: exports ``model.onnx`` next to the weights when it is missing."""
+"""ONNX Runtime backend: serves ``model.onnx``, exported once next to the weights and cached there.
+
+The cached graph records the SHA-256 of the config.json and weights it was exported from, and its graph
+format (``exporters.onnx.export_is_current``); when either file changed, or the file is from an older exporter,
+it is exported again and replaced atomically, so a model dir whose weights were swapped never serves a stale
+graph. Where the model dir cannot be written (a read-only mount), the export goes to the system's temporary
+folder instead, named by the weights' hash.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +21,47 @@ from service.backends.base import Backend, BackendError, usable_cpus
 from service.config import Settings
 from training.checkpoint import ModelConfig
 
+log = logging.getLogger(__name__)
+
 ONNX_NAME = "model.onnx"
+
+
+def graph_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata, with the onnx package when installed, else through an ONNX Runtime session."""
+    try:
+        from exporters.onnx import read_metadata
+
+        return read_metadata(path)
+    except ImportError:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def cached_onnx(model_dir: Path) -> Path:
+    """``model_dir/model.onnx``, exported (again) unless it exists and matches the model dir's config and weights.
+
+    A model dir this process cannot write to gets its export in the temporary folder, named by the weights' hash.
+    """
+    from exporters.onnx import export_is_current, export_onnx
+    from training.checkpoint import file_sha256, read_model_config
+
+    path = model_dir / ONNX_NAME
+    if not os.access(model_dir, os.W_OK):
+        sha = file_sha256(model_dir / read_model_config(model_dir).weights)[:16]
+        path = Path(tempfile.gettempdir()) / "onestep-onnx" / f"{model_dir.name}-{sha}.onnx"
+        log.warning("%s is read-only: the ONNX export is cached at %s", model_dir, path)
+    why: str | None = "missing"
+    if path.is_file():
+        try:
+            why = export_is_current(graph_metadata(path), model_dir)
+        except Exception as e:  # unreadable or truncated: export again
+            why = f"unreadable ({type(e).__name__}: {e})"
+        if why is None:
+            return path
+    log.info("%s: exporting (%s)", path, why)
+    return export_onnx(model_dir, path)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -20,14 +70,14 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, model_dir: Path, config: ModelConfig, settings: Settings):
         super().__init__(model_dir, config, settings)
         try:
-            from exporters.onnx import export_onnx, onnx_session
+            from exporters.onnx import onnx_session
         except ImportError as e:
             raise BackendError(f"onnxruntime backend needs exporters.onnx and onnxruntime ({e})") from e
-        path = self.model_dir / ONNX_NAME
-        if not path.is_file():
-            export_onnx(self.model_dir)
-        if not path.is_file():
-            raise BackendError(f"{path}: export did not produce the ONNX file")
+        try:
+            path = cached_onnx(self.model_dir)
+        except ImportError as e:
+            raise BackendError(f"exporting {self.model_dir / ONNX_NAME} needs onnx and onnxscript ({e})") from e
+        self.onnx_path = path
         self.session = onnx_session(
             path,
             intra_op_threads=settings.ort_intra_op_threads,

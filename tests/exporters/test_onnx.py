@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from exporters.__main__ import main
-from exporters.onnx import OnnxRunner, check_onnx_parity, export_onnx, onnx_session, read_metadata, to_uint8_nhwc
+from exporters.onnx import (
+    OnnxRunner,
+    check_onnx_parity,
+    export_is_current,
+    export_onnx,
+    onnx_session,
+    read_metadata,
+    to_uint8_nhwc,
+)
 from exporters.parity import ParityError, seeded_inputs
 from tests.exporters.conftest import make_generator_dir
 from training.checkpoint import CheckpointError, load_model, save_model
@@ -59,13 +67,20 @@ def test_graph_io_and_dynamic_batch(tiny_onnx: Path):
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     foldable = [n.name for n in model.graph.node if n.op_type != "Constant" and n.input and set(n.input) <= consts]
     assert not foldable
-    assert not (tiny_onnx.parent / "model.onnx.tmp").exists()
+    assert not list(tiny_onnx.parent.glob("*.tmp"))
 
 
 def test_metadata(tiny_dir: Path, tiny_onnx: Path):
     meta = read_metadata(tiny_onnx)
     assert meta["name"] == "tiny-cond"
     assert meta["config_sha256"] == hashlib.sha256((tiny_dir / "config.json").read_bytes()).hexdigest()
+    weights = (tiny_dir / "generator.safetensors").read_bytes()
+    assert meta["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert export_is_current(meta, tiny_dir) is None
+    assert export_is_current({**meta, "onestep_format": "0"}, tiny_dir) == "graph format '0', not 1"
+    assert "older export" in export_is_current({k: v for k, v in meta.items() if k != "weights_sha256"}, tiny_dir)
+    assert export_is_current({**meta, "weights_sha256": "0" * 64}, tiny_dir) == "weights changed"
+    assert export_is_current({**meta, "config_sha256": "0" * 64}, tiny_dir) == "config.json changed"
     assert (meta["img_resolution"], meta["img_channels"], meta["label_dim"]) == ("16", "1", "10")
     assert json.loads(meta["class_names"]) == [f"class-{i}" for i in range(10)]
     assert meta["onestep_format"] == "1"
@@ -144,7 +159,7 @@ def test_low_precision_export_fails_loudly_at_fp32_tolerance(tiny_dir: Path, tmp
     out = tmp_path / "model.fp16.onnx"
     with pytest.raises(ParityError) as info:
         export_onnx(tiny_dir, out, precision="fp16", parity_batches=(7,), atol=1e-6)
-    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
     report = info.value.report
     assert 1e-6 < report.max_abs_diff < 2e-2, report.table()
     assert "FAIL" in str(info.value)

@@ -18,7 +18,7 @@ from service.backends.base import usable_cpus
 from service.backends.torch import compile_generator
 from service.batcher import resolve_encode_overlap
 from service.config import Settings
-from tests.service.conftest import COND, UNCOND, LiveServer, make_generator
+from tests.service.conftest import CLASS_NAMES, COND, UNCOND, LiveServer, make_generator
 from tests.service.helpers import decode_json_images, max_diff
 from training.checkpoint import read_model_config
 from training.precond import OneStepGenerator
@@ -107,6 +107,45 @@ def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
         backend = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1, ort_allow_spinning=allow)
         options = backend.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        backend.close()
+
+
+@pytest.mark.slow
+def test_onnx_export_is_cached_and_redone_when_the_weights_change(tmp_path: Path, models_dir: Path) -> None:
+    """model.onnx is exported once and reused while it records the weights' and config's SHA-256; new weights, or
+    an export from before the hash was recorded, make the backend export again (atomically: no .tmp is left)."""
+    pytest.importorskip("onnxruntime")
+    from exporters.onnx import read_metadata
+    from training.checkpoint import file_sha256, save_model
+
+    model_dir = shutil.copytree(models_dir / COND, tmp_path / COND)
+    onnx_path = model_dir / "model.onnx"
+    first = build("onnxruntime", model_dir, ort_intra_op_threads=1)
+    weights = model_dir / "generator.safetensors"
+    assert read_metadata(onnx_path)["weights_sha256"] == file_sha256(weights)
+    before = first.generate([1, 2], [3, 4])
+    stamp = onnx_path.stat().st_mtime_ns
+    build("onnxruntime", model_dir, ort_intra_op_threads=1).close()
+    assert onnx_path.stat().st_mtime_ns == stamp  # cached: not exported again
+
+    save_model(make_generator(16, 1, 10, seed=7), model_dir, class_names=CLASS_NAMES)  # new weights
+    changed = build("onnxruntime", model_dir, ort_intra_op_threads=1)
+    assert read_metadata(onnx_path)["weights_sha256"] == file_sha256(weights)
+    after = changed.generate([1, 2], [3, 4])
+    assert max_diff(after, before) > 1  # the new weights serve, not the stale graph
+    assert max_diff(after, build("torch", model_dir).generate([1, 2], [3, 4])) <= 1
+
+    import onnx  # an export from before the weights' hash was recorded
+
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key != "weights_sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(onnx_path))
+    build("onnxruntime", model_dir, ort_intra_op_threads=1).close()
+    assert read_metadata(onnx_path)["weights_sha256"] == file_sha256(weights)
+    assert not list(model_dir.glob("*.tmp"))
+    for backend in (first, changed):
         backend.close()
 
 

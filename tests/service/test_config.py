@@ -12,7 +12,7 @@ from service.config import Settings
 
 def test_defaults() -> None:
     s = Settings()
-    assert s.models_dir == Path("models") and s.default_model == "fmnist-d2o" and s.backend == "torch"
+    assert s.models_dir == Path("models") and s.default_model == "fmnist-d2o" and s.backend == "auto"
     assert (s.max_batch_size, s.max_wait_ms, s.max_queue_images, s.max_images_per_request) == (32, 5.0, 256, 64)
     assert s.max_body_bytes == 64 * 1024 and s.api_keys == []
     assert s.auth_exempt_paths == ["/", "/healthz", "/readyz", "/metrics"]
@@ -58,3 +58,30 @@ def test_encode_overlap_accepts_modes_and_booleans(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("ONESTEP_ENCODE_OVERLAP", raw)
     assert Settings().encode_overlap == mode
     assert Settings(encode_overlap=mode == "on").encode_overlap == ("on" if mode == "on" else "off")
+
+
+def test_auto_backend_follows_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: torch with a CUDA GPU; else ONNX Runtime when it and the exporter's packages import; else torch.
+    Explicit names, per-model overrides included, are kept as given; null is only ever served when named."""
+    import importlib.util
+
+    import torch
+
+    from service import config
+
+    real_find_spec = importlib.util.find_spec
+    missing: set[str] = set()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name))
+    s = Settings(model_backends={"b": "torch", "n": "null"})
+    for cuda, gone, expected in (
+        (True, set(), "torch"),
+        (False, set(), "onnxruntime"),
+        (False, {"onnxruntime"}, "torch"),
+        (False, {"onnxscript"}, "torch"),
+    ):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        missing.clear()
+        missing.update(gone)
+        assert config.auto_backend() == expected
+        assert s.backend_for("a") == expected and s.backend_for("b") == "torch" and s.backend_for("n") == "null"
+    assert Settings(backend="onnxruntime").backend_for("a") == "onnxruntime"
