@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from training.augment import DiffAugment, draw
 from training.checkpoint import build_precond, precond_kwargs, save_model
 from training.datasets import BatchStream, open_dataset
+from training.diffaugment import DiffAugment, draw
 from training.discriminator import Discriminator, TeacherEncoder, build_discriminator, count_trainable
 from training.distributed import World, broadcast_module
 from training.ema import EMA

@@ -138,7 +138,7 @@ class D2OLoss:
     ) -> DiscriminatorTerms:
         """D's losses on reals and (detached) fakes in one forward, with lazy R1 on its interval.
 
-        ``augment`` (differentiable, e.g. ``training.augment.DiffAugment``) transforms what D sees, reals then
+        ``augment`` (differentiable, e.g. ``training.diffaugment.DiffAugment``) transforms what D sees, reals then
         fakes as one batch; R1 is still the gradient with respect to the un-augmented reals.
         """
         n = real.shape[0]

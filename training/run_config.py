@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.augment import parse_policy
 from training.checkpoint import read_json_object
 from training.configs import NETWORK_CONFIGS
+from training.diffaugment import parse_policy
 from training.discriminator import DEFAULT_SIGMAS
 from training.freeze import FREEZE_MODES
 from training.precond import SIGMA_MAX

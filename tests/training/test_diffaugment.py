@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.augment import AugmentDraw, DiffAugment, draw, parse_policy
+from training.diffaugment import AugmentDraw, DiffAugment, draw, parse_policy
 
 
 def fixed_draw(n: int, **values: torch.Tensor) -> AugmentDraw:

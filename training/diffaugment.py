@@ -49,9 +49,9 @@ class AugmentDraw:
 
     def select(self, index: slice | torch.Tensor) -> AugmentDraw:
         """The parameters of some rows (a rank's share of the global batch)."""
-        return AugmentDraw(*(t[index] for t in (
-            self.brightness, self.saturation, self.contrast, self.shift, self.cutout_centre
-        )))
+        return AugmentDraw(
+            *(t[index] for t in (self.brightness, self.saturation, self.contrast, self.shift, self.cutout_centre))
+        )
 
 
 def draw(n: int, height: int, width: int, generator: torch.Generator) -> AugmentDraw:
