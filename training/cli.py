@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from training.distributed import World
 from training.run_config import ConfigError, RunConfig
+from training.steps import PRECISIONS
 
 C = TypeVar("C", bound=RunConfig)
 
@@ -40,6 +41,27 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
     return {k for k, v in vars(namespace).items() if v is not unset}
 
 
+def add_step_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--batch-gpu`` and ``--precision`` (``training.steps``), shared by pre-training and fine-tuning."""
+    group.add_argument(
+        "--batch-gpu",
+        type=int,
+        default=None,
+        help="images per GPU (rank) per round: the rank's share of the batch runs in rounds whose gradients add "
+        "up before one optimizer step (default: all at once); may be changed on --resume",
+    )
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="autocast precision of the forward passes: bf16, fp16 (with a loss scaler) or fp32; auto is bf16 on "
+        "a CUDA GPU that has it, else fp32. The run records what it resolved to",
+    )
+    group.add_argument(
+        "--bf16", dest="precision", action="store_const", const="bf16", default="auto", help="--precision bf16"
+    )
+
+
 def resolve_run_config(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
@@ -47,7 +69,8 @@ def resolve_run_config(
     world: World,
     config_type: type[C],
 ) -> tuple[C, Path | None]:
-    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` wins) and its dir.
+    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` or ``--batch-gpu`` wins:
+    neither changes what is computed) and its dir.
 
     Otherwise a new config from the arguments and no dir yet (``training.rundir.open_run_dir`` makes it). A bad
     option value ends the process with the parser's usage message.
@@ -56,8 +79,8 @@ def resolve_run_config(
         if args.resume:
             run_dir = Path(args.resume)
             cfg = config_type.read(run_dir)
-            if "duration" in given_options(parser, argv):
-                cfg = cfg.replace(duration=args.duration)
+            given = given_options(parser, argv)
+            cfg = cfg.replace(**{k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given})
             return cfg, run_dir
         cfg = config_type.from_options(vars(args))
     except ConfigError as e:

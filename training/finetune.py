@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from training.cli import given_options, resolve_run_config
+from training.cli import add_step_arguments, given_options, resolve_run_config
 from training.discriminator import DEFAULT_SIGMAS
 from training.distributed import init_distributed, shutdown_distributed
 from training.finetune_task import build_task, describe
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimization")
     g.add_argument("--duration", type=float, default=100, help="fine-tune length in kimg (real images seen by D)")
     g.add_argument("--batch", type=int, default=32, help="global batch size")
+    add_step_arguments(g)
     g.add_argument("--g-lr", type=float, default=1e-4, help="generator Adam learning rate")
     g.add_argument("--d-lr", type=float, default=1e-4, help="discriminator Adam learning rate")
     g.add_argument("--ema-halflife-kimg", type=float, default=500, help="EMA half-life of G")
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if run_dir is None:
             run_dir = open_run_dir(cfg, world, info)
         log = RunLog(run_dir if world.is_main else None)
-        log(f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg.teacher_info['model_dir']}")
+        log(
+            f"Run dir: {run_dir}  world size: {world.world_size}  teacher: {cfg.teacher_info['model_dir']}  "
+            f"precision: {cfg.precision}  batch per GPU round: {cfg.batch_gpu or cfg.batch // world.world_size}"
+        )
         log(
             f"objective {cfg.objective}  disc {cfg.disc}  G {info['generator_parameters']:,} parameters, "
             f"{info['generator_trainable']:,} trainable  D {info.get('discriminator_trainable', 0):,} trainable"

@@ -18,6 +18,8 @@ are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, w
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from training.pairs import PairsReader
 from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.run_config import FinetuneConfig
 from training.sampling import seeded_noise
+from training.steps import accumulation_rounds, autocast, grad_scaler, resolve_precision
 from training.teacher import Teacher, load_teacher
 
 
@@ -49,8 +52,8 @@ def build_generator(teacher: EDMPrecond, dropout: float | None = 0.0, sigma: flo
     return OneStepGenerator(net.to(next(teacher.parameters()).device), sigma=sigma)
 
 
-def _average_grads(params: list[torch.nn.Parameter], world: World) -> None:
-    """Mean of the gradients across ranks (one flat all-reduce), then the paper's NaN/Inf guard."""
+def _all_reduce_grads(params: list[torch.nn.Parameter], world: World) -> None:
+    """Mean of the gradients across ranks (one flat all-reduce)."""
     grads = [p.grad for p in params if p.grad is not None]
     if world.distributed and grads:
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -60,8 +63,19 @@ def _average_grads(params: list[torch.nn.Parameter], world: World) -> None:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
-    for g in grads:
-        torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5, out=g)
+
+
+def _sanitize_grads(params: list[torch.nn.Parameter]) -> None:
+    """The paper's NaN/Inf guard."""
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+def _average_grads(params: list[torch.nn.Parameter], world: World) -> None:
+    """Mean of the gradients across ranks (one flat all-reduce), then the paper's NaN/Inf guard."""
+    _all_reduce_grads(params, world)
+    _sanitize_grads(params)
 
 
 class FinetuneTask:
@@ -78,6 +92,8 @@ class FinetuneTask:
     ):
         self.world = world
         self.cfg = cfg
+        self.precision = resolve_precision(cfg.precision, world.device)
+        self.scaler = grad_scaler(self.precision, world.device)
         self.objective = cfg.objective
         self.use_gan = cfg.use_gan
         self.use_distill = cfg.use_distill
@@ -149,11 +165,12 @@ class FinetuneTask:
     def r1_due(self, step: int) -> bool:
         return self.gan_loss.r1_due(step)
 
-    def _augment(self, step: int, per_rank: int, *, reals_and_fakes: bool) -> Augment | None:
+    def _augment(self, step: int, per_rank: int, *, reals_and_fakes: bool, rows: slice | None = None) -> Augment | None:
         """This rank's DiffAugment for the D step (reals then fakes) or the G step (fakes), or None when off.
 
-        The parameters are drawn for the whole global batch from (seed, step, which step) and then sliced, so a
-        data-parallel step transforms each image as a single process would.
+        The parameters are drawn for the whole global batch from (seed, step, which step) and then sliced (to this
+        rank's share, and to ``rows`` of it for an accumulation round), so a data-parallel or accumulated step
+        transforms each image as a single process would.
         """
         if not self.augment:
             return None
@@ -162,64 +179,124 @@ class FinetuneTask:
         b = self.batch_size
         params = draw(b * (2 if reals_and_fakes else 1), self.img_shape[1], self.img_shape[2], gen)
         mine = torch.arange(b)[self._rank_slice(per_rank)]
+        if rows is not None:
+            mine = mine[rows]
         params = params.select(torch.cat([mine, b + mine]) if reals_and_fakes else mine)
         return lambda x: self.augment(x, params)
 
+    @contextlib.contextmanager
+    def _power_iteration(self, enabled: bool) -> Iterator[None]:
+        """Spectral norm's power iteration only where ``enabled``: one per D or G step, whatever the rounds (later
+        rounds reuse the vectors the first one updated), so an accumulated step equals the whole-batch step."""
+        modules = [] if self.disc is None else self.disc.modules()
+        modules = [m for m in modules if type(m).__name__ == "_SpectralNorm" and m.training]
+        if enabled or not modules:
+            yield
+            return
+        try:
+            for m in modules:
+                m.train(False)
+            yield
+        finally:
+            for m in modules:
+                m.train(True)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int, images_seen: int) -> dict[str, float]:
+        """One D step and one G step on this rank's share of the global batch, in accumulation rounds of
+        ``cfg.batch_gpu`` images (each round's losses weighted by its share; one optimizer step each)."""
         cfg = self.cfg
         device = images.device
         per_rank = images.shape[0]
         y = labels if self.label_dim else None
+        rounds = accumulation_rounds(per_rank, cfg.batch_gpu)
+        whole = len(rounds) == 1
         stats: dict[str, float] = {}
         self.g.train()
 
-        fake = None
+        def part(t: torch.Tensor | None, r: slice) -> torch.Tensor | None:
+            return None if t is None or whole else t[r]
+
+        fake = z = None
         if self.use_gan:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)]
-            fake = self.g(z.to(device), y)
+            z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)].to(device)
+            if whole:  # the generated images of the D step are the G step's, its graph kept
+                with autocast(self.precision, device):
+                    fake = self.g(z, y)
 
-            # D step on reals and (detached) fakes in one forward, with lazy R1 on its interval.
+            # D step on reals and (detached) fakes in one forward per round, with lazy R1 on its interval.
             self._set_d_grad(True)
             self.d_opt.zero_grad(set_to_none=True)
-            d = self.gan_loss.discriminator_loss(
-                self.disc, images, fake, y, step, augment=self._augment(step, per_rank, reals_and_fakes=True)
-            )
-            if d.penalty is not None:
-                self.last_r1 = d.penalty.item()
-            d.total.backward()
-            _average_grads(self.d_params, self.world)
-            self.d_opt.step()
+            sums = dict.fromkeys(("loss_d", "loss_r1", "d_real", "d_fake"), 0.0)
+            penalty = None
+            for i, r in enumerate(rounds):
+                w = (r.stop - r.start) / per_rank
+                reals, yr = (images, y) if whole else (images[r], part(y, r))
+                with self._power_iteration(i == 0), autocast(self.precision, device):
+                    if whole:
+                        fake_r = fake
+                    else:
+                        with torch.no_grad():
+                            fake_r = self.g(z[r], yr)
+                    augment = self._augment(step, per_rank, reals_and_fakes=True, rows=None if whole else r)
+                    d = self.gan_loss.discriminator_loss(self.disc, reals, fake_r, yr, step, augment=augment)
+                self.scaler.scale(d.total if whole else d.total * w).backward()
+                if d.penalty is not None:
+                    penalty = (0.0 if penalty is None else penalty) + d.penalty.item() * w
+                sums["loss_d"] += d.loss.item() * w
+                sums["loss_r1"] += d.r1.item() * w
+                sums["d_real"] += d.logits_real.detach().float().mean().item() * w
+                sums["d_fake"] += d.logits_fake.detach().float().mean().item() * w
+            if penalty is not None:
+                self.last_r1 = penalty
+            self._step(self.d_opt, self.d_params)
             self._set_d_grad(False)
             stats.update(
-                loss_d=d.loss.item(),
-                loss_r1=d.r1.item(),
+                loss_d=sums["loss_d"],
+                loss_r1=sums["loss_r1"],
                 r1_penalty=self.last_r1,
-                d_real=d.logits_real.detach().mean().item(),
-                d_fake=d.logits_fake.detach().mean().item(),
+                d_real=sums["d_real"],
+                d_fake=sums["d_fake"],
             )
 
         # G step.
         self.g_opt.zero_grad(set_to_none=True)
-        loss_g = torch.zeros((), device=device)
-        if self.use_gan:
-            loss_gan = self.gan_loss.generator_loss(
-                self.disc, fake, y, augment=self._augment(step, per_rank, reals_and_fakes=False)
-            )
-            loss_g = loss_g + loss_gan
-            stats["loss_g"] = loss_gan.item()
-        if self.use_distill:
-            zp, yp, target = self.pairs.get(self._pair_indices(step, per_rank))
-            zp, target = zp.to(device), target.to(device)
-            yp = yp.to(device) if self.label_dim else None
-            loss_distill = self.distill_loss(self.g(zp, yp), target, yp)
-            loss_g = loss_g + cfg.distill_weight * loss_distill
-            stats["loss_distill"] = loss_distill.item()
-        loss_g.backward()
-        _average_grads(self.g_params, self.world)
-        self.g_opt.step()
+        pair_indices = self._pair_indices(step, per_rank) if self.use_distill else None
+        g_sums: dict[str, float] = {}
+        for i, r in enumerate(rounds):
+            w = (r.stop - r.start) / per_rank
+            yr = y if whole else part(y, r)
+            loss_g = torch.zeros((), device=device)
+            with self._power_iteration(i == 0), autocast(self.precision, device):
+                if self.use_gan:
+                    fake_r = fake if whole else self.g(z[r], yr)
+                    augment = self._augment(step, per_rank, reals_and_fakes=False, rows=None if whole else r)
+                    loss_gan = self.gan_loss.generator_loss(self.disc, fake_r, yr, augment=augment)
+                    loss_g = loss_g + loss_gan
+                    g_sums["loss_g"] = g_sums.get("loss_g", 0.0) + loss_gan.item() * w
+                if self.use_distill:
+                    zp, yp, target = self.pairs.get(pair_indices if whole else pair_indices[r])
+                    zp, target = zp.to(device), target.to(device)
+                    yp = yp.to(device) if self.label_dim else None
+                    loss_distill = self.distill_loss(self.g(zp, yp), target, yp)
+                    loss_g = loss_g + cfg.distill_weight * loss_distill
+                    g_sums["loss_distill"] = g_sums.get("loss_distill", 0.0) + loss_distill.item() * w
+            self.scaler.scale(loss_g if whole else loss_g * w).backward()
+        stats.update(g_sums)
+        self._step(self.g_opt, self.g_params)
+        self.scaler.update()
         self.ema.update(self.net, self.batch_size, images_seen + self.batch_size)
         return stats
+
+    def _step(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+        """Average the (summed-over-rounds) gradients across ranks, unscale (fp16), guard NaN/Inf, step.
+
+        The all-reduce comes before the unscale so that an overflow on one rank skips the step on every rank.
+        """
+        _all_reduce_grads(params, self.world)
+        self.scaler.unscale_(opt)
+        _sanitize_grads(params)
+        self.scaler.step(opt)
 
     # ------------------------------------------------------------ state, samples, export
 
@@ -232,6 +309,8 @@ class FinetuneTask:
         )
         if self.use_gan:
             state.update(d=self.disc.trainable_state_dict(), d_opt=self.d_opt.state_dict())
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -242,6 +321,8 @@ class FinetuneTask:
         if self.use_gan:
             self.disc.load_trainable_state_dict(state["d"])
             self.d_opt.load_state_dict(state["d_opt"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def ema_generator(self) -> OneStepGenerator:
         return OneStepGenerator(self.ema.net, sigma=self.g.sigma)
@@ -282,7 +363,10 @@ class FinetuneTask:
 
 def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchStream]:
     """The task and this rank's batch stream; the task's ``cfg`` is ``cfg`` with the teacher's record and the
-    class names filled in (what the run dir's config.json holds)."""
+    class names filled in, and the precision ``auto`` resolved to (what the run dir's config.json holds)."""
+    accumulation_rounds(cfg.batch // world.world_size, cfg.batch_gpu)  # a --batch-gpu that does not divide: now
+    if world.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once
     teacher = load_teacher(cfg.teacher, device=world.device)
     known = (cfg.teacher_info or {}).get("fingerprint")
     if known and known != teacher.info["fingerprint"]:
@@ -301,7 +385,11 @@ def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchSt
             f"--data {cfg.data}: {dataset.num_classes} classes, but the teacher is conditional on {net.label_dim}"
         )
     class_names = teacher.class_names or (list(dataset.class_names) if net.label_dim else [])
-    cfg = cfg.replace(teacher_info=teacher.info, class_names=tuple(class_names))
+    cfg = cfg.replace(
+        teacher_info=teacher.info,
+        class_names=tuple(class_names),
+        precision=resolve_precision(cfg.precision, world.device),
+    )
     pairs = None
     if cfg.use_distill:
         pairs = PairsReader(cfg.pairs)

@@ -105,7 +105,7 @@ class EDMPrecond(nn.Module):
         dtype = self.compute_dtype(x.device, force_fp32)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         f_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=labels, **model_kwargs)
-        if f_x.dtype != dtype:
+        if f_x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):  # autocast picks per op
             raise RuntimeError(f"the U-Net returned {f_x.dtype}, expected {dtype}")
         return c_skip * x + c_out * f_x.to(torch.float32)
 

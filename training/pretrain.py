@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.cli import resolve_run_config
+from training.cli import add_step_arguments, resolve_run_config
 from training.configs import NETWORK_CONFIGS
 from training.distributed import init_distributed, shutdown_distributed
 from training.loop import LoopOptions, run_training
@@ -42,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimization")
     g.add_argument("--duration", type=float, default=2000, help="training length in kimg (thousands of images)")
     g.add_argument("--batch", type=int, default=64, help="global batch size")
+    add_step_arguments(g)
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument("--lr-rampup-kimg", type=float, default=100, help="linear LR warm-up length")
     g.add_argument("--ema-halflife-kimg", type=float, default=50, help="EMA half-life")
     g.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life ramp: at most this x images seen")
     g.add_argument("--grad-clip", type=float, default=0, help="max gradient norm (0 = off; EDM clips nothing)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order and noise")
     g = p.add_argument_group("I/O")
     g.add_argument("--outdir", default="runs", help="where run dirs are created")
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if run_dir is None:
             run_dir = open_run_dir(cfg, world, {"parameters": count_parameters(task.net)})
         if world.is_main:
-            print(f"Run dir: {run_dir}  parameters: {count_parameters(task.net):,}  world size: {world.world_size}")
+            print(
+                f"Run dir: {run_dir}  parameters: {count_parameters(task.net):,}  world size: {world.world_size}  "
+                f"precision: {cfg.precision}  batch per GPU round: {cfg.batch_gpu or cfg.batch // world.world_size}"
+            )
         options = LoopOptions.from_run_config(cfg)
         progress = run_training(
             task, stream, options, world, run_dir, resume=bool(args.resume), max_steps=args.max_steps

@@ -7,6 +7,8 @@ are checked on construction (types, choices, ranges): a ``ConfigError`` names th
 ``to_json`` writes the fields in declaration order (the CLI's option order), tuples as lists. ``from_json`` fills a
 field the file lacks (a run dir written before the option existed) with its default, and ignores keys that are
 not fields: what the run dir records beside the options (``world_size``, parameter counts, the freeze report).
+One exception: a run dir written before ``precision`` existed ran in fp32 (or bf16 where its old ``bf16`` key was
+true) and resumes so, rather than in the new default ``auto``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from training.diffaugment import parse_policy
 from training.discriminator import DEFAULT_SIGMAS
 from training.freeze import FREEZE_MODES
 from training.precond import SIGMA_MAX
+from training.steps import PRECISIONS
 
 RUN_CONFIG_NAME = "config.json"
 OBJECTIVES = ("gan", "distill", "gan+distill")
@@ -91,6 +94,8 @@ class RunConfig:
     # Every run config has these fields (the loop and the run dir read them).
     duration: float  # kimg
     batch: int  # global, across ranks
+    batch_gpu: int | None  # images per rank per accumulation round (None: the rank's whole share at once)
+    precision: str  # auto | fp32 | bf16 | fp16 (training.steps); a task records what auto resolved to
     tick: float  # kimg between stats lines
     snap: int  # ticks between snapshots
     snap_minutes: float
@@ -104,6 +109,8 @@ class RunConfig:
             object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name), hints[f.name]))
         _at_least("duration", self.duration, 0)
         _at_least("batch", self.batch, 1)
+        _at_least("batch_gpu", self.batch_gpu, 1)
+        _choice("precision", self.precision, PRECISIONS)
         _at_least("tick", self.tick, 0, strict=True)
         _at_least("snap", self.snap, 1)
         _at_least("snap_minutes", self.snap_minutes, 0)
@@ -128,6 +135,8 @@ class RunConfig:
     def from_json(cls: type[C], obj: Any, source: str | Path = RUN_CONFIG_NAME) -> C:
         if not isinstance(obj, Mapping):
             raise ConfigError(f"{source}: expected a JSON object")
+        if "precision" not in obj:  # written before the option: it ran in fp32, or in bf16 with the old flag
+            obj = {**obj, "precision": "bf16" if obj.get("bf16") is True else "fp32"}
         try:
             return cls.from_options(obj)
         except ConfigError as e:
@@ -162,12 +171,13 @@ class PretrainConfig(RunConfig):
     # optimization
     duration: float = 2000
     batch: int = 64
+    batch_gpu: int | None = None
+    precision: str = "auto"
     lr: float = 1e-3
     lr_rampup_kimg: float = 100
     ema_halflife_kimg: float = 50
     ema_rampup: float = 0.05
     grad_clip: float = 0  # 0: off
-    bf16: bool = False
     seed: int = 0
     # I/O
     outdir: str = "runs"
@@ -212,7 +222,7 @@ class FinetuneConfig(RunConfig):
     disc_backbone_config: str | None = None
     r1_gamma: float = 1e-4
     r1_interval: int = 16
-    augment: str = "none"  # DiffAugment policy for what D sees (training.augment)
+    augment: str = "none"  # DiffAugment policy for what D sees (training.diffaugment)
     pairs: str | None = None
     distill_loss: str = "l2"
     distill_weight: float = 1.0
@@ -220,6 +230,8 @@ class FinetuneConfig(RunConfig):
     # optimization
     duration: float = 100
     batch: int = 32
+    batch_gpu: int | None = None
+    precision: str = "auto"
     g_lr: float = 1e-4
     d_lr: float = 1e-4
     ema_halflife_kimg: float = 500

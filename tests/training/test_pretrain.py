@@ -150,6 +150,8 @@ def test_ddp_two_cpu_processes_match_the_global_batch(tmp_path):
             str(script),
             str(ddp_dir),
             *args,
+            "--batch-gpu",  # each rank's 4 images in 2 rounds (DDP syncs the last only): still the global step
+            "2",
             "--outdir",
             str(ddp_dir / "runs"),
         ],

@@ -28,9 +28,27 @@ def test_the_shipped_teacher_run_config_reads_and_writes_back():
     )
     assert cfg.class_names[-1] == "Ankle boot"
     records = {"world_size", "parameters"}  # written beside the options, not options
-    assert cfg.to_json() == {k: v for k, v in raw.items() if k not in records}
-    assert list(cfg.to_json()) == [k for k in raw if k not in records]
+    legacy = {"bf16"}  # an option since replaced (by precision)
+    added = {"batch_gpu": None, "precision": "fp32"}  # options added since: defaults, and the precision it ran in
+    written = cfg.to_json()
+    assert {k: v for k, v in written.items() if k not in added} == {
+        k: v for k, v in raw.items() if k not in records | legacy
+    }
+    assert {k: written[k] for k in added} == added
+    assert [k for k in written if k not in added] == [k for k in raw if k not in records | legacy]
     assert PretrainConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("config_type", [PretrainConfig, FinetuneConfig])
+def test_older_run_dirs_resume_in_the_precision_they_ran_in(config_type):
+    assert config_type.from_json({}).precision == "fp32"
+    assert config_type.from_json({"bf16": True}).precision == "bf16"
+    assert config_type.from_json({"bf16": False, "precision": "auto"}).precision == "auto"
+    assert config_type().precision == "auto" and config_type().batch_gpu is None
+    with pytest.raises(ConfigError, match="precision"):
+        config_type(precision="fp8")
+    with pytest.raises(ConfigError, match="batch_gpu"):
+        config_type(batch_gpu=0)
 
 
 @pytest.mark.parametrize("cli, config_type", [(pretrain, PretrainConfig), (finetune, FinetuneConfig)])
