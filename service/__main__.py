@@ -16,6 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_check(s)
 
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from service.logs import uvicorn_log_config
 
     uvicorn.run(
         "service.main:create_app",
@@ -24,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=s.port,
         workers=s.workers,
         log_level=s.log_level,
-        access_log=s.access_log,
+        log_config=uvicorn_log_config(s.log_format, s.log_level) or LOGGING_CONFIG,
+        access_log=s.access_log and s.log_format == "text",  # json: the service writes its own, with request IDs
         timeout_graceful_shutdown=s.graceful_timeout_s,
     )
     return 0

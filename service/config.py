@@ -158,6 +158,78 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="uvicorn log level.")
     access_log: bool = Field(False, description="uvicorn access log (one line per request; costs CPU under load).")
 
+    # -- operating: key files, admin endpoints, per-key rate limits, logs, CORS, live model reload (docs/operating.md)
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of named API keys (a secret mount, say): lines 'name:key' ('#' starts a comment), or "
+        'JSON {"name": "key"} or {"name": {"key": ..., "rps": ..., "ips": ..., "burst": ..., "image_burst": ...}} '
+        "with per-key limits. Used together with api_keys, whose keys are named key0, key1, ... Read at start.",
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens of the admin endpoints (POST /v1/models/reload, POST /v1/models/{name}/reload), "
+        "comma-separated or a JSON list; each must differ from every API key. With none here or in "
+        "admin_keys_file the admin endpoints answer 404.",
+    )
+    admin_keys_file: Path | None = Field(
+        None, description="File of admin keys, in api_keys_file's formats (limits in it are ignored). Read at start."
+    )
+    rate_limit_rps: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second each API key may send to /v1/generate (token bucket; over it: 429 + "
+        "Retry-After). Unset: no limit. Keys in api_keys_file may set their own (rps). Per worker process.",
+    )
+    rate_limit_ips: float | None = Field(
+        None,
+        gt=0,
+        description="Images per second each API key may ask /v1/generate for (token bucket; 429 + Retry-After). "
+        "Unset: no limit. Keys in api_keys_file may set their own (ips).",
+    )
+    rate_limit_burst: int | None = Field(
+        None,
+        ge=1,
+        description="Requests a key may send at once on top of its steady rate (the request bucket's size); "
+        "unset: one second's worth, at least 1.",
+    )
+    rate_limit_image_burst: int | None = Field(
+        None,
+        ge=1,
+        description="Images a key may ask for at once (the image bucket's size; a request for more gets 413); "
+        "unset: one second's worth, at least 1.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: uvicorn's log lines. json: one JSON object a line, with the request ID of the request "
+        "being served; with access_log on, the access log is the service's own (request ID, method, path, status, "
+        "duration, model, key name).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins that browsers may call the API from (CORS), comma-separated or a JSON list; '*' for "
+        "any. Empty: CORS is off.",
+    )
+    models_watch_s: float = Field(
+        0.0,
+        ge=0,
+        description="Check models_dir every this many seconds and reload the model dirs whose config.json or "
+        "weights were added, changed or removed (once unchanged for one more check). 0: off; reload through the "
+        "admin endpoints instead.",
+    )
+
+    @field_validator("admin_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_operating_lists(cls, value: object) -> object:
+        return _str_list(value)
+
+    @model_validator(mode="after")
+    def _check_operating(self) -> Settings:
+        if any(not key for key in self.admin_keys):
+            raise ValueError("admin_keys: empty key")
+        if set(self.admin_keys) & set(self.api_keys):
+            raise ValueError("admin_keys: an admin key must differ from every API key")
+        return self
+
     @field_validator("api_keys", "auth_exempt_paths", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:

@@ -18,12 +18,14 @@ log = logging.getLogger("service")
 _DEFAULT_TYPES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
     413: "too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "rate_limited",
     499: "client_disconnected",
     500: "internal_error",
     503: "unavailable",
@@ -133,6 +135,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         406: "Accept asks for a raw image but the request has more than one image.",
         413: "Too many images or too large a body.",
         422: "A field is missing, of the wrong type or out of range.",
+        429: "The API key is over its rate (requests or images per second); retry after Retry-After seconds.",
         503: "Queue full or model not ready; retry after Retry-After seconds.",
         504: "The request deadline passed before its images were generated.",
     }.items()

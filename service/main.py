@@ -5,26 +5,46 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.lifespan import ServiceState, lifespan
-from service.middleware import GENERATE_PATHS, ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from service.routes import health, metrics, models, playground
+from service.middleware import (
+    GENERATE_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    RequestMetricsMiddleware,
+)
+from service.routes import admin, health, metrics, models, playground
 from service.routes.generate import GenerateEndpoint, GenerateFastPath, openapi_paths
 
 DESCRIPTION = """One-step image generation (D2O/D2O-F generators) with dynamic request batching.
 
-Errors always have the shape `{"error": {"type", "message", "field"}}`.
+Errors always have the shape `{"error": {"type", "message", "field"}}`. Every response carries `X-Request-ID`
+(the client's, when it sends a valid one). Admin endpoints (reload) take admin keys, never API keys.
 """
+
+#: Response headers a browser may read on a CORS response.
+CORS_EXPOSED = [
+    "X-Request-ID",
+    "X-Model-Version",
+    "X-Batch-Size",
+    "X-Seed",
+    "X-Class-Label",
+    "Server-Timing",
+    "Retry-After",
+]
 
 
 class OnestepApp(FastAPI):
     """FastAPI with the service's guards and POST /v1/generate (alias /generate) outside FastAPI's own middleware.
 
-    Requests pass request metrics -> API key -> body limit -> the generate fast path, then FastAPI (error
-    handlers, routing) for everything else: the hot path skips layers that cost more CPU than a small model.
+    Requests pass request ID -> CORS (when origins are set) -> request metrics -> API key (and its request
+    rate) -> body limit -> the generate fast path, then FastAPI (error handlers, routing) for everything else:
+    the hot path skips layers that cost more CPU than a small model.
     The generate endpoint is plain ASGI, so its OpenAPI paths are merged into FastAPI's document here.
     """
 
@@ -41,9 +61,19 @@ class OnestepApp(FastAPI):
         s = state.settings
         app = GenerateFastPath(app, self.generate_endpoint)
         app = BodyLimitMiddleware(app, max_bytes=s.max_body_bytes, metrics=state.metrics)
-        if s.api_keys:
-            app = ApiKeyMiddleware(app, keys=s.api_keys, exempt=s.auth_exempt_paths, metrics=state.metrics)
-        return RequestMetricsMiddleware(app, metrics=state.metrics)
+        if state.api_keys:
+            app = ApiKeyMiddleware(app, keys=state.api_keys, exempt=s.auth_exempt_paths, metrics=state.metrics)
+        app = RequestMetricsMiddleware(app, metrics=state.metrics)
+        if s.cors_origins:  # outside the key check: a preflight carries no Authorization header
+            app = CORSMiddleware(
+                app,
+                allow_origins=s.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        return RequestContextMiddleware(app, access_log=s.access_log and s.log_format == "json")
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
@@ -62,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ServiceState(settings), title="onestep", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
     )
     install_error_handlers(app)
-    for module in (models, health, metrics, playground):
+    for module in (models, admin, health, metrics, playground):
         app.include_router(module.router)
     if playground.STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=playground.STATIC_DIR), name="static")

@@ -7,7 +7,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 # Seconds, roughly 1-2-5 spaced from 0.5 ms to 10 s: one-step models answer in milliseconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-REJECT_REASONS = ("queue_full", "deadline", "not_ready", "too_large", "unauthorized", "client_disconnected")
+REJECT_REASONS = (
+    "queue_full",
+    "deadline",
+    "not_ready",
+    "too_large",
+    "unauthorized",
+    "client_disconnected",
+    "rate_limited",
+)
 
 
 class Metrics:
@@ -54,12 +62,36 @@ class Metrics:
         self.model_ready = Gauge(
             "onestep_model_ready", "1 when the model is loaded and warmed up.", ["model"], registry=r
         )
+        self.rate_limited = Counter(
+            "onestep_rate_limited_requests",
+            "Requests answered 429 by an API key's rate limit, by the key's name and the limit (requests, images).",
+            ["key", "limit"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "onestep_model_reloads",
+            "Model loads after start (admin endpoints or the models_dir watch), by model and result "
+            "(added, reloaded, removed, unchanged, failed).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "onestep_model_info",
+            "1 for the version each model serves: its weights' hash, after its config's version when it has one.",
+            ["model", "version"],
+            registry=r,
+        )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         self._rejected = {reason: self.rejected.labels(reason) for reason in REJECT_REASONS}
 
     def reject(self, reason: str) -> None:
         self._rejected[reason].inc()
+
+    def rate_limit(self, key_name: str, limit: str) -> None:
+        """A 429 from a key's bucket: counted under its NAME (never the key) and as a rejection."""
+        self.rate_limited.labels(key_name, limit).inc()
+        self._rejected["rate_limited"].inc()
 
     def for_model(self, model: str, backend: str) -> ModelMetrics:
         return ModelMetrics(self, model, backend)

@@ -77,6 +77,9 @@ class GenerateResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model: str
+    model_version: str = Field(
+        description="Version of the model that made the images (as the X-Model-Version header and GET /v1/models)."
+    )
     images: list[GeneratedImage]
     timing: Timing
 
@@ -96,6 +99,16 @@ class ModelInfo(BaseModel):
     class_names: list[str]
     max_batch_size: int
     preferred_batch_sizes: list[int] | None = None
+    version: str | None = Field(
+        None,
+        description="The version serving: the first 12 hex digits of the weights' SHA-256, after config.json's "
+        "version when it names one (1.2.0+1cfd72839139). Generate responses name it too (X-Model-Version).",
+    )
+    weights_sha256: str | None = Field(None, description="SHA-256 of the weights file serving.")
+    license: str | None = Field(None, description="SPDX identifier of the weights' licence.")
+    license_url: str | None = Field(None, description="Where the licence's terms are.")
+    origin: str | None = Field(None, description="Where the weights come from (import, training, teacher).")
+    reload_error: str | None = Field(None, description="Why the last reload was refused; the version above serves.")
 
 
 class ModelList(BaseModel):

@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 from service.batcher import Batcher, EncodeFailed, InferenceFailed, Job, JobCancelled, NotAccepting, QueueFull
 from service.errors import ERROR_RESPONSES, ErrorResponse, ServiceError, error_response, validation_error_response
 from service.lifespan import ModelEntry, ServiceState
-from service.middleware import GENERATE_PATHS, MODEL_SCOPE_KEY
+from service.middleware import GENERATE_PATHS, MODEL_SCOPE_KEY, charge_images
 from service.schemas import MAX_SEED, MEDIA_TYPES, RAW_DTYPE, GenerateRequest, GenerateResponse
 
 log = logging.getLogger("service")
@@ -158,6 +158,7 @@ async def run_generate(
     base = random.getrandbits(32) if body.seed is None else body.seed
     seeds = [(base + i) & MAX_SEED for i in range(n)]
     labels = resolve_labels(entry, body.class_labels, seeds)
+    charge_images(scope, state.metrics, n)  # the API key's image rate, when it has one (429)
     fmt = raw or body.format
     try:
         job = batcher.submit(seeds, labels, t0 + s.request_timeout_s, fmt, body.quality, raw is None, raw == "raw")
@@ -177,6 +178,7 @@ async def run_generate(
     headers = [
         (b"server-timing", timing % (queue_ms, infer_ms, enc_ms, total_ms)),
         (b"x-batch-size", b"%d" % job.batch_size),
+        (b"x-model-version", (entry.version or "").encode()),  # the entry looked up above: its batcher ran this
     ]
     if raw is not None:
         headers.append((b"x-seed", b"%d" % seeds[0]))
@@ -213,14 +215,14 @@ def json_body(
     """The ``GenerateResponse`` JSON, written directly as bytes (the base64 data is spliced in without copies
     through str); the same document ``json.dumps`` would give for the model's fields (tests/service)."""
     names = _json_strings(tuple(entry.config.class_names)) if entry.config is not None else ()
-    (name,) = _json_strings((entry.name,))
+    name, version = _json_strings((entry.name, entry.version or ""))
     media = b',"media_type":"%s","data":"' % MEDIA_TYPES[fmt].encode()
     if fmt == "raw":
         c, h, w = entry.config.img_shape if entry.config is not None else (0, 0, 0)
         tail = b'","shape":[%d,%d,%d],"dtype":"%s"}' % (h, w, c, RAW_DTYPE.encode())
     else:
         tail = b'"}'
-    parts = [b'{"model":', name, b',"images":[']
+    parts = [b'{"model":', name, b',"model_version":', version, b',"images":[']
     for i, blob in enumerate(blobs):
         if i:
             parts.append(b",")
@@ -336,7 +338,8 @@ _DESCRIPTION = (
     "(base64 in the JSON, with shape [H, W, C] and dtype), and `Accept: application/octet-stream` returns every "
     "image's pixels as the whole body: an N x H x W x C uint8 array in C order, described by the X-Shape "
     "(N,H,W,C) and X-Dtype headers, the first seed in X-Seed (image i has seed + i) and the classes in "
-    "X-Class-Labels. Successful responses carry Server-Timing and X-Batch-Size headers."
+    "X-Class-Labels. Successful responses carry Server-Timing, X-Batch-Size and X-Model-Version headers; every "
+    "response carries X-Request-ID."
 )
 
 
@@ -365,6 +368,7 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
                 "headers": {
                     "Server-Timing": _header("string", "queue, inference, encode and total time (ms).", True),
                     "X-Batch-Size": _header("integer", "Size of the largest batch the images ran in.", True),
+                    "X-Model-Version": _header("string", "Version of the model that made the images.", True),
                     "X-Seed": _header("integer", "Image and octet-stream responses: the (first) image's seed."),
                     "X-Class-Label": _header("integer", "Image responses: its class (conditional models)."),
                     "X-Class-Labels": _header(
@@ -383,6 +387,10 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             responses[str(code)] = {"description": doc["description"], "content": error}
         responses["401"]["headers"] = {"WWW-Authenticate": _header("string", "Bearer", True)}
         responses["503"]["headers"] = {"Retry-After": _header("integer", "Seconds to wait before retrying.", True)}
+        responses["429"]["headers"] = {"Retry-After": _header("integer", "Seconds until the bucket refills.", True)}
+        request_id = _header("string", "The client's X-Request-ID when valid (1-128 printable chars), else new.", True)
+        for response in responses.values():
+            response["headers"] = {**response.get("headers", {}), "X-Request-ID": request_id}
         alias = path != GENERATE_PATHS[0]
         paths[path] = {
             "post": {

@@ -1,4 +1,4 @@
-"""GET /v1/models: what this server serves and in which state."""
+"""GET /v1/models: what this server serves, in which state, which version and under which licence."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ async def list_models(request: Request) -> ModelList:
                 class_names=entry.class_names,
                 max_batch_size=batcher.max_batch_size if batcher is not None else state.settings.max_batch_size,
                 preferred_batch_sizes=list(pref) if pref else None,
+                version=entry.version,
+                weights_sha256=entry.weights_sha256,
+                license=cfg.resolved_license[0] if cfg is not None else None,
+                license_url=cfg.resolved_license[1] if cfg is not None else None,
+                origin=cfg.resolved_origin if cfg is not None else None,
+                reload_error=entry.reload_error,
             )
         )
     return ModelList(default=state.default_model, data=data)

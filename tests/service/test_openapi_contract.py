@@ -1,9 +1,9 @@
 """Every answer of POST /v1/generate and its alias /generate matches the app's own OpenAPI document.
 
 For success (JSON and raw image) and each error kind (422, 404, 406, 413, 401, 503 queue full and not ready,
-504), on both paths: the status is documented for the operation, the media type is declared for it, a JSON
-body validates against the declared schema (resolved in the document's components) and required headers are
-there.
+504; 429 in tests/service/test_keys.py), on both paths: the status is documented for the operation, the media
+type is declared for it, a JSON body validates against the declared schema (resolved in the document's
+components) and required headers (X-Request-ID on every answer) are there.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def test_both_paths_document_one_operation(openapi: dict[str, Any]) -> None:
     for key in ("requestBody", "responses", "tags"):
         assert v1[key] == alias[key]
     assert v1["operationId"] != alias["operationId"]
-    assert set(v1["responses"]) == {"200", "401", "404", "406", "413", "422", "503", "504"}
+    assert set(v1["responses"]) == {"200", "401", "404", "406", "413", "422", "429", "503", "504"}
+    assert all(response["headers"]["X-Request-ID"]["required"] for response in v1["responses"].values())
     for schema in openapi["components"]["schemas"].values():  # every schema in the document is a valid one
         Draft202012Validator.check_schema(schema)
 
@@ -68,6 +69,7 @@ def test_success_and_request_errors_match_the_schema(
 
     body = post(200, json={"num_images": 2, "class_labels": [1, 2], "seed": 5, "format": "webp"}).json()
     assert [img["seed"] for img in body["images"]] == [5, 6]
+    assert body["model_version"] == server.state.models[COND].version
     assert post(200, json={"model": UNCOND, "format": "jpeg", "quality": 50}).json()["model"] == UNCOND
     raw = post(200, json={"seed": 5, "class_labels": 1}, headers={"Accept": "image/png"})
     assert raw.content.startswith(b"\x89PNG") and raw.headers["x-seed"] == "5" and raw.headers["x-class-label"] == "1"
