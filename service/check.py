@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
+from service.auth import KeyFileError
 from service.config import Settings
 from service.lifespan import ServiceState
 
@@ -20,6 +21,8 @@ class ModelCheck:
     backend: str
     status: str
     error: str | None
+    version: str | None = None  # weights hash, after config.json's version
+    license: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,26 @@ class CheckReport:
 async def check_models(settings: Settings) -> CheckReport:
     """Start the service's state (load + warm-up on its own threads), wait for it, shut it down."""
     started = time.perf_counter()
-    state = ServiceState(settings)
+    try:
+        state = ServiceState(settings)
+    except KeyFileError as e:  # names the file and line, never a key
+        return CheckReport(False, [], f"keys: {e}", round(time.perf_counter() - started, 3))
     await state.start()
     try:
         if state._loader is not None:
             await state._loader
         ok, reason = state.readiness()
-        models = [ModelCheck(e.name, e.backend_name, e.status, e.error) for e in state.models.values()]
+        models = [
+            ModelCheck(
+                e.name,
+                e.backend_name,
+                e.status,
+                e.error,
+                e.version,
+                e.config.resolved_license[0] if e.config is not None else None,
+            )
+            for e in state.models.values()
+        ]
     finally:
         await state.shutdown()
     return CheckReport(ok, models, reason, round(time.perf_counter() - started, 3))

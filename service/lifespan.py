@@ -335,7 +335,7 @@ class ServiceState:
         except Exception as e:
             return refuse(f"{type(e).__name__}: {e}")
         if self.draining:  # shutdown began while it loaded: never swap in a batcher that nobody will close
-            await loop.run_in_executor(self.infer_pool, backend.close)
+            await self._close_backend(backend)
             return refuse("the service is shutting down")
         # The switch: one assignment in _install. A request that looked up the old entry runs on its batcher.
         added = entry is None
@@ -347,8 +347,15 @@ class ServiceState:
             await old_batcher.close()  # runs what it had queued, at once; then its loop ends
             self.metrics.model_ready.labels(name).set(1)  # the old loop's exit reset the shared gauge
         if old_backend is not None:
-            await loop.run_in_executor(self.infer_pool, old_backend.close)
+            await self._close_backend(old_backend)
         return result("added" if added else "reloaded", found.version)
+
+    async def _close_backend(self, backend: Backend) -> None:
+        """Close a replaced or removed backend on the inference thread (here, once shutdown stopped that thread)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.infer_pool, backend.close)
+        except RuntimeError:  # the pool is shut down
+            backend.close()
 
     async def _remove(self, entry: ModelEntry) -> None:
         """Stop serving a model whose dir is gone: new requests get 404 at once, queued ones finish."""
@@ -359,7 +366,7 @@ class ServiceState:
         if entry.batcher is not None:
             await entry.batcher.close()
         if entry.backend is not None:
-            await asyncio.get_running_loop().run_in_executor(self.infer_pool, entry.backend.close)
+            await self._close_backend(entry.backend)
         for gauge, labels in (
             (self.metrics.model_ready, (entry.name,)),
             (self.metrics.model_info, (entry.name, entry.version)),

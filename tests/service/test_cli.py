@@ -99,6 +99,7 @@ def test_check_loads_and_warms_every_model(models_dir: Path) -> None:
     assert report["ok"] is True and report["reason"] == "ready"
     assert {m["name"] for m in report["models"]} == {p.name for p in models_dir.iterdir()} - {"some-classifier"}
     assert all(m["status"] == "ready" and m["error"] is None for m in report["models"])
+    assert all(len(m["version"]) == 12 and m["license"] == "Apache-2.0" for m in report["models"])
 
 
 @pytest.mark.slow
@@ -121,3 +122,13 @@ def test_check_fails_without_models(tmp_path: Path) -> None:
     done = run_service("--check", "--models-dir", str(tmp_path / "none"))
     assert done.returncode == 1
     assert json.loads(done.stdout)["ok"] is False
+
+
+def test_check_fails_on_a_bad_key_file(models_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("alice:secret-1\nbob secret-2\n")
+    done = run_service("--check", "--models-dir", str(models_dir), env={"ONESTEP_API_KEYS_FILE": str(keys)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and "line 2: expected name:key" in report["reason"]
+    assert "secret" not in done.stdout + done.stderr

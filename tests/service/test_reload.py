@@ -254,3 +254,28 @@ def test_the_watch_adds_replaces_and_removes_model_dirs(
         break_weights(models / COND)  # a broken copy is refused; v2 keeps serving
         wait_for(lambda: c.get("/v1/models").json()["data"][0]["reload_error"] is not None, "a broken dir")
         assert c.post("/v1/generate", json={"seed": 1}).headers["x-model-version"] == v2
+
+
+def test_models_list_and_playground_show_version_and_licence(
+    serve: Callable[..., LiveServer], models: Path, versions: dict[str, Path]
+) -> None:
+    """/v1/models names each model's version, weights hash, licence and origin; a fine-tune of an EDM import
+    carries EDM's licence forward; the playground shows them."""
+    teacher = {"model_dir": "models/edm-cifar10", "license": "CC-BY-NC-SA-4.0", "license_url": "https://cc.example"}
+    save_model(
+        make_generator(8, 3, 0, seed=2),
+        models / "from-edm",
+        extra={"training": {"stage": "finetune", "teacher": teacher}, "version": "0.1"},
+    )
+    live = serve(models_dir=models)
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        data = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+        ours, edm = data[COND], data["from-edm"]
+        assert ours["version"] == short(versions["v1"]) and ours["license"] == "Apache-2.0"
+        assert ours["license_url"] == "https://www.apache.org/licenses/LICENSE-2.0"
+        assert edm["version"] == short(models / "from-edm", "0.1") and edm["license"] == "CC-BY-NC-SA-4.0"
+        assert edm["license_url"] == "https://cc.example" and "models/edm-cifar10" in edm["origin"]
+        r = c.post("/v1/generate", json={"model": "from-edm"}, headers={"Accept": "image/png"})
+        assert r.status_code == 200 and r.headers["x-model-version"] == edm["version"]
+        page = c.get("/").text
+        assert "X-Model-Version" in page and "license_url" in page and "origin" in page
