@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("onestep_request_id", default=None)
@@ -28,7 +28,11 @@ def valid_request_id(value: bytes) -> bool:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A random version-4 UUID in hex, as ``uuid.uuid4().hex`` gives it, without building the UUID object (which
+    costs several times more per request)."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)  # version 4, RFC 4122 variant
+    return f"{n:032x}"
 
 
 class JsonFormatter(logging.Formatter):

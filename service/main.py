@@ -73,7 +73,8 @@ class OnestepApp(FastAPI):
                 expose_headers=CORS_EXPOSED,
                 max_age=600,
             )
-        return RequestContextMiddleware(app, access_log=s.access_log and s.log_format == "json")
+        json_logs = s.log_format == "json"
+        return RequestContextMiddleware(app, json_logs=json_logs, access_log=json_logs and s.access_log)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:

@@ -27,11 +27,12 @@ def is_admin_path(path: str) -> bool:
 
 class RequestContextMiddleware:
     """The outermost layer: every HTTP response carries X-Request-ID (the client's when it is 1-128 printable
-    characters, else a new uuid4 hex), which is also the ``REQUEST_ID`` context of every log record written while
-    serving it; with ``access_log`` it writes one access record per request (JSON logs)."""
+    characters, else a new uuid4 hex). With ``json_logs`` it is also the ``REQUEST_ID`` context of every log record
+    written while serving it, and with ``access_log`` one access record per request is written."""
 
-    def __init__(self, app: Any, access_log: bool = False):
+    def __init__(self, app: Any, json_logs: bool = False, access_log: bool = False):
         self.app = app
+        self.json_logs = json_logs or access_log
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -46,7 +47,7 @@ class RequestContextMiddleware:
         text = rid.decode("ascii") if rid else new_request_id()
         header = (b"x-request-id", rid or text.encode())
         scope[REQUEST_ID_SCOPE_KEY] = text
-        token = REQUEST_ID.set(text)
+        token = REQUEST_ID.set(text) if self.json_logs else None
         start = time.perf_counter()
         status, version = 500, None
 
@@ -65,7 +66,8 @@ class RequestContextMiddleware:
         finally:
             if self.access_log:
                 self._log(scope, status, time.perf_counter() - start, version)
-            REQUEST_ID.reset(token)
+            if token is not None:
+                REQUEST_ID.reset(token)
 
     @staticmethod
     def _log(scope: Scope, status: int, seconds: float, version: str | None) -> None:

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.logs import REQUEST_ID, JsonFormatter
+from service.logs import REQUEST_ID, JsonFormatter, new_request_id
 from tests.service.conftest import COND, UNCOND, LiveServer
 from tests.service.test_metrics import free_port
 
@@ -70,6 +71,14 @@ def test_every_response_carries_a_request_id(serve: Callable[..., LiveServer]) -
         assert c.get("/healthz", headers={"X-Request-ID": longest}).headers["x-request-id"] == longest
         for bad in ("a" * 129, b"caf\xe9"):  # too long, not ASCII: replaced
             assert HEX_ID.match(c.get("/healthz", headers={"X-Request-ID": bad}).headers["x-request-id"])
+
+
+def test_generated_ids_are_uuid4_hex() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        value = uuid.UUID(hex=text)
+        assert value.hex == text and value.version == 4 and value.variant == uuid.RFC_4122
 
 
 def test_json_formatter_writes_the_request_id_of_the_request_being_served() -> None:
