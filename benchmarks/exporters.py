@@ -29,6 +29,7 @@ import torch
 from exporters.onnx import ONNX_NAME, OnnxRunner, export_onnx
 from exporters.parity import seeded_inputs
 from training.checkpoint import load_model, save_model
+from training.cli import HelpFormatter
 from training.configs import network_config
 from training.precond import D2OPrecond, OneStepGenerator
 
@@ -282,19 +283,23 @@ def machine_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.exporters", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.exporters", description=__doc__, formatter_class=HelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="model dir (uses its model.onnx, exporting one if missing)")
     src.add_argument("--config", choices=sorted(CONFIG_DATA), help="random-weight generator of this architecture")
-    p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32, 64])
+    p.add_argument(
+        "--batches", type=lambda s: [int(b) for b in s.split(",")], default="1,8,32,64", help="batch sizes timed"
+    )
     p.add_argument(
         "--threads",
         type=lambda s: [int(b) for b in s.split(",")],
-        default=[1, 2],
+        default="1,2",
         help="thread counts tried for torch and ONNX Runtime",
     )
     p.add_argument("--seconds", type=float, default=2.0, help="timing per setting and batch, over all rounds")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds, interleaved across settings")
     p.add_argument("--gpu", action="store_true", help="also time torch CUDA (and --plan) when CUDA is available")
     p.add_argument("--plan", type=Path, help="TensorRT plan to time with --gpu")
     p.add_argument(

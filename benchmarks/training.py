@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from training.checkpoint import save_model
+from training.cli import HelpFormatter
 from training.distributed import World
 from training.finetune import parse_args as finetune_args
 from training.finetune import run_config_from_args as finetune_config
@@ -64,12 +65,12 @@ def loop_rate(task, stream, cfg: PretrainConfig, steps: int, run_dir: Path, resu
 
 
 def add_loop_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fmnist")
-    p.add_argument("--arch", default="fmnist")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--data", default="fmnist", help="data set spec, as training.pretrain takes it")
+    p.add_argument("--arch", default="fmnist", help="network config")
+    p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--steps", type=int, default=20, help="steps per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each timing both the bare step and the loop")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def run_loop(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,14 +115,14 @@ def step_rate(task, stream, steps: int, start: int, batch: int) -> float:
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="fmnist", help="network config of the teacher (and of pre-training)")
-    p.add_argument("--resolution", type=int, default=28)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=28, help="image size of the synthetic data")
+    p.add_argument("--batch", type=int, default=32, help="batch size")
     p.add_argument("--steps", type=int, default=16, help="steps per round (16 includes one R1 step)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--disc", default="teacher", choices=["teacher", "scratch"])
-    p.add_argument("--freeze", default="d2o-f", choices=["none", "d2o-f"])
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each timing fine-tune and pre-training steps")
+    p.add_argument("--disc", default="teacher", choices=["teacher", "scratch"], help="discriminator")
+    p.add_argument("--freeze", default="d2o-f", choices=["none", "d2o-f"], help="frozen generator parameters")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device")
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     modes = p.add_subparsers(dest="mode", required=True, metavar="{loop,finetune}")
-    loop = modes.add_parser("loop", help="the pre-training loop against the bare optimizer step")
+    fmt = HelpFormatter
+    loop = modes.add_parser("loop", help="the pre-training loop against the bare optimizer step", formatter_class=fmt)
     add_loop_arguments(loop)
     loop.set_defaults(run=run_loop)
-    finetune = modes.add_parser("finetune", help="fine-tune steps against pre-training steps on the same network")
+    finetune = modes.add_parser(
+        "finetune", help="fine-tune steps against pre-training steps on the same network", formatter_class=fmt
+    )
     add_finetune_arguments(finetune)
     finetune.set_defaults(run=run_finetune)
     return p

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exporters.parity import ParityError
 from training.checkpoint import CheckpointError
+from training.cli import HelpFormatter
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporters", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("onnx", help="export model.onnx (checked, parity against PyTorch printed)")
+    fmt = HelpFormatter
+    p = sub.add_parser("onnx", help="export model.onnx (checked, parity against PyTorch printed)", formatter_class=fmt)
     _model_arg(p)
-    p.add_argument("--out", type=Path, help="output file (default MODEL_DIR/model.onnx)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/model.onnx)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument(
         "--precision",
         choices=["fp32", "fp16", "bf16"],
@@ -32,12 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-uint8", action="store_true", help="leave out the uint8 NHWC output")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    p.add_argument("--parity-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 7, 64])
+    p.add_argument(
+        "--parity-batches",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default="1,7,64",
+        help="batch sizes the parity check runs, comma-separated",
+    )
 
-    p = sub.add_parser("tensorrt", help="build model.plan + sidecar (needs TensorRT and a CUDA GPU)")
+    p = sub.add_parser(
+        "tensorrt", help="build model.plan + sidecar (needs TensorRT and a CUDA GPU)", formatter_class=fmt
+    )
     _model_arg(p)
-    p.add_argument("--out", type=Path, help="output plan (default MODEL_DIR/model.plan)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.add_argument("--out", type=Path, help="output plan (default: MODEL_DIR/model.plan)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16", help="engine precision")
     p.add_argument(
         "--typing",
         choices=["auto", "weak", "strong"],
@@ -49,28 +58,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="MIN:OPT:MAX",
-        help="batch optimization profile; repeat per bucket (default 1:32:64; opt = the service's max batch)",
+        help="batch optimization profile; repeat per bucket (default: 1:32:64; opt = the service's max batch)",
     )
-    p.add_argument("--timing-cache", type=Path, help="timing cache file (default beside the plan)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache file (default: beside the plan)")
     p.add_argument("--no-parity", action="store_true", help="skip the TensorRT vs ONNX Runtime check")
 
-    p = sub.add_parser("triton", help="write a Triton model repository")
+    p = sub.add_parser("triton", help="write a Triton model repository", formatter_class=fmt)
     _model_arg(p)
     p.add_argument("--repo", type=Path, required=True, help="model repository root to write into")
     p.add_argument("--name", help="model name in the repository (default: the model's name)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument(
+        "--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime", help="Triton backend that runs it"
+    )
+    p.add_argument("--max-batch-size", type=int, default=32, help="largest batch Triton's dynamic batcher forms")
     p.add_argument(
         "--preferred",
         type=lambda s: [int(b) for b in s.split(",")],
         default=None,
         help="preferred batch sizes, comma-separated (default: powers of two from 8)",
     )
-    p.add_argument("--queue-delay-us", type=int, default=5000)
-    p.add_argument("--max-queue-size", type=int, default=256)
-    p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--kind", choices=["KIND_CPU", "KIND_GPU", "KIND_AUTO"], default=None)
-    p.add_argument("--intra-op-threads", type=int, default=None, help="ONNX Runtime intra-op threads per instance")
+    p.add_argument("--queue-delay-us", type=int, default=5000, help="longest wait for a fuller batch, microseconds")
+    p.add_argument("--max-queue-size", type=int, default=256, help="queued requests beyond which Triton rejects")
+    p.add_argument("--instances", type=int, default=1, help="model instances")
+    p.add_argument(
+        "--kind",
+        choices=["KIND_CPU", "KIND_GPU", "KIND_AUTO"],
+        default=None,
+        help="where instances run (default: KIND_GPU for tensorrt, else KIND_CPU)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads per instance (default: its own choice)",
+    )
     return parser
 
 

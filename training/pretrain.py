@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.cli import add_step_arguments, resolve_run_config
+from training.cli import HelpFormatter, add_step_arguments, resolve_run_config
 from training.configs import NETWORK_CONFIGS
 from training.distributed import init_distributed, shutdown_distributed
 from training.loop import LoopOptions, run_training
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.pretrain",
         description="Pre-train an EDM teacher (class-conditional when the data has labels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument(
