@@ -5,7 +5,7 @@
 #
 #   bash scripts/default_model.sh runs/00000-fmnist-teacher 24 [OUT [BATCH [PAIR_SEED_START]]]
 #
-# The second argument is the fine-tune length in kimg; keep it at most 5% of the teacher's images (issue 8).
+# The second argument is the fine-tune length in kimg; keep it at most 5% of the teacher's images (the paper's budget).
 # BATCH defaults to the preset's 32 (the shipped model: 60 kimg at batch 8, pairs from seed 1000000, so that no
 # pair shares its noise with an evaluation sample).
 set -euo pipefail

@@ -3,7 +3,7 @@
 The EMA is specified by its half-life in images: after ``halflife`` images the old average's weight has halved, so
 one step of ``batch_size`` images decays it by beta = 0.5 ** (batch_size / halflife). With a ramp-up ratio r the
 half-life is min(halflife_kimg * 1000, r * images seen), so early averages do not drag the untrained start along
-(Karras et al. 2022, DESIGN section 1). Buffers are copied, not averaged.
+(Karras et al. 2022). Buffers are copied, not averaged.
 """
 
 from __future__ import annotations

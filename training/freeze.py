@@ -1,6 +1,6 @@
 """D2O-F: which generator parameters stay frozen during the GAN fine-tune.
 
-The rule (DESIGN §1, as the paper's public code applies it with ``--freeze=1``): a parameter is frozen when its
+The rule (Zheng & Yang 2025, as the paper's public code applies it with ``--freeze=1``): a parameter is frozen when its
 name contains one of ``block``, ``up``, ``down``, ``in`` *and* one of ``conv``, ``proj`` (plain substring tests on
 the full parameter name, e.g. ``model.enc.16x16_block0.conv1.weight``). In EDM's U-Nets that selects the 3x3
 convolutions ``conv0``/``conv1`` of every UNetBlock (encoder, decoder, ``_up``/``_down``/``_in0``/``_in1``
@@ -8,7 +8,7 @@ blocks) and the attention output projections ``proj``. Trainable stay: group nor
 the blocks' ``affine`` layers, the 1x1 ``skip`` convs, ``qkv``, the input conv ``enc.*_conv``, the NCSN++
 ``aux_residual`` convs and the output convs (``dec.*_aux_conv`` / ``out_conv``).
 
-Measured with our configs (class-conditional): ``cifar10-ncsnpp`` 84.40% of 56.4M parameters (DESIGN and the paper:
+Measured with our configs (class-conditional): ``cifar10-ncsnpp`` 84.40% of 56.4M parameters (the paper:
 about 84%; the abstract rounds to 85%), ``cifar10-ddpmpp`` 85.40% of 55.7M, ``imagenet64-adm`` 78.77% of 295.9M,
 ``fmnist`` 82.33% of 1.26M.
 """

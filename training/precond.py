@@ -1,6 +1,6 @@
 """Preconditioning: the EDM denoiser D(x; sigma, y), D2O's variant, and the one-step generator G(z, y).
 
-The project's own implementation of the equations in DESIGN section 1 (EDM: Karras et al. 2022, Table 1; D2O:
+The project's own implementation of the published equations (EDM: Karras et al. 2022, Table 1; D2O:
 Zheng & Yang 2025):
 
     D(x; sigma, y) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma), y)

@@ -1,7 +1,7 @@
 """Seeded noise, one-hot labels and the deterministic EDM samplers (Heun, Euler) at a chosen number of network
 evaluations (NFE).
 
-The noise levels are EDM's (Karras et al. 2022, eq. 5, DESIGN section 1): sigma_i = (sigma_max^(1/rho) +
+The noise levels are EDM's (Karras et al. 2022, eq. 5): sigma_i = (sigma_max^(1/rho) +
 i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for i < N, then sigma_N = 0. Heun (EDM Algorithm 2) takes
 an Euler step on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma and corrects it with the slope at
 the step's end, except on the last step (to sigma = 0): N steps cost 2N - 1 evaluations, so 18 steps give NFE 35.
