@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         "fmnist-d2o",
         description="Model used when a request names none; loaded first. Falls back to the first model found.",
     )
-    backend: Literal["auto"] | BackendName = Field(
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "null"] = Field(
         "auto",
         description="Inference backend for every model: auto, torch, onnxruntime or tensorrt. auto: torch when a "
         "CUDA GPU is present, else ONNX Runtime when onnxruntime, onnx and onnxscript are installed (model.onnx is "

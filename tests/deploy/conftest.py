@@ -82,6 +82,7 @@ def service_env(models_dir: Path, default_model: str = TINY_MODEL) -> dict[str, 
     env.update(
         ONESTEP_MODELS_DIR=str(models_dir),
         ONESTEP_DEFAULT_MODEL=default_model,
+        ONESTEP_BACKEND="torch",  # as the images set it (the default, auto, would export model.onnx first)
         ONESTEP_MAX_BATCH_SIZE="4",  # warm-up runs every batch size: keep it short on 2 shared cores
         ONESTEP_TORCH_THREADS="1",
     )

@@ -44,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = Settings(
         models_dir=root,
         default_model="tiny-cond",
+        backend="torch",
         max_batch_size=8,
         max_wait_ms=2,
         max_images_per_request=8,

@@ -93,7 +93,7 @@ def test_bad_values_exit_two_with_the_flag_named(
 
 @pytest.mark.slow
 def test_check_loads_and_warms_every_model(models_dir: Path) -> None:
-    done = run_service("--check", "--models-dir", str(models_dir), "--max-batch-size", "4")
+    done = run_service("--check", "--models-dir", str(models_dir), "--max-batch-size", "4", "--backend", "torch")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is True and report["reason"] == "ready"
@@ -109,7 +109,8 @@ def test_check_fails_when_a_model_cannot_load(models_dir: Path, tmp_path: Path) 
     shutil.copytree(good, tmp_path / "broken")
     weights = next((tmp_path / "broken").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])  # truncated weights
-    done = run_service("--check", "--models-dir", str(tmp_path), "--max-batch-size", "2", "--default-model", "good")
+    args = ("--models-dir", str(tmp_path), "--max-batch-size", "2", "--default-model", "good", "--backend", "torch")
+    done = run_service("--check", *args)
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads(done.stdout)
     status = {m["name"]: m for m in report["models"]}

@@ -24,6 +24,7 @@ def test_python_m_service(models_dir: Path, tmp_path: Path) -> None:
         "ONESTEP_MODELS_DIR": str(models_dir),
         "ONESTEP_DEFAULT_MODEL": COND,
         "ONESTEP_PORT": str(port),
+        "ONESTEP_BACKEND": "torch",  # the default, auto, would export model.onnx for ONNX Runtime first
         "ONESTEP_MAX_BATCH_SIZE": "2",
         "ONESTEP_TORCH_THREADS": "1",
         "ONESTEP_API_KEYS": "sesame",
