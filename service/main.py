@@ -55,6 +55,17 @@ class OnestepApp(FastAPI):
         for path in GENERATE_PATHS:  # routed too: other methods get 405, a trailing slash the redirect
             self.add_route(path, self.generate_endpoint, methods=["POST"], include_in_schema=False)
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # POST /v1/generate goes straight to the middleware stack: FastAPI's own __call__ asks its native telemetry
+        # whether OpenTelemetry is configured on every request (environment lookups: ~10-25 us a request here),
+        # and the generate endpoint is not traced by it anyway (it is not a FastAPI route).
+        stack = self.middleware_stack
+        if stack is not None and scope["type"] == "http" and scope["path"] in GENERATE_PATHS and not self.root_path:
+            scope["app"] = self
+            await stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
     def build_middleware_stack(self) -> Any:
         app = super().build_middleware_stack()
         state: ServiceState = self.state.service

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,11 +39,25 @@ _JSON_TYPES = {"application/json", "application/*", "*/*"}
 _M64 = (1 << 64) - 1
 
 
+_ACCEPT_CACHE: dict[str, str | None] = {}
+
+
 def raw_format(accept: str | None) -> str | None:
     """The format an Accept header asks for as the whole body ("" = the image format the body names, "raw" =
-    application/octet-stream: the pixels), or None for JSON."""
+    application/octet-stream: the pixels), or None for JSON. Clients send the same few headers: answers are cached."""
     if not accept:
         return None
+    try:
+        return _ACCEPT_CACHE[accept]
+    except KeyError:
+        pass
+    fmt = _parse_accept(accept)
+    if len(_ACCEPT_CACHE) < 256:
+        _ACCEPT_CACHE[accept] = fmt
+    return fmt
+
+
+def _parse_accept(accept: str) -> str | None:
     for part in accept.split(","):
         media = part.split(";", 1)[0].strip().lower()
         if media in _RAW_TYPES:
@@ -89,24 +103,56 @@ def _unavailable(state: ServiceState, reason: str, message: str) -> ServiceError
     return ServiceError(503, reason, message, headers={"Retry-After": str(state.settings.retry_after_s)})
 
 
-def _on_receive(batcher: Batcher, job: Job, task: asyncio.Task) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    if task.result().get("type") == "http.disconnect":
-        batcher.cancel(job, "client_disconnected")
+#: A request still waiting after this long starts watching for its client's disconnect (so that a client gone while
+#: its request queues frees the queue slots at once); one answered sooner never pays for the watch (a task per
+#: request). A client that left before the watch starts is seen when it does: receive() returns at once then.
+WATCH_AFTER_S = 0.05
+
+
+class _Watch:
+    """The timers of one waiting request, as loop callbacks rather than tasks: after ``WATCH_AFTER_S`` it starts the
+    disconnect watch (a task awaiting ``receive()``, which returns only when the client goes away), and at the
+    deadline it cancels the job (the endpoint answers 504)."""
+
+    __slots__ = ("loop", "receive", "batcher", "job", "timer", "watcher")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Any, batcher: Batcher, job: Job):
+        self.loop = loop
+        self.receive = receive
+        self.batcher = batcher
+        self.job = job
+        self.watcher: asyncio.Future | None = None
+        self.timer = loop.call_later(min(WATCH_AFTER_S, job.deadline - time.perf_counter()), self.fire)
+
+    def fire(self) -> None:
+        job = self.job
+        if job.future.done():
+            return
+        left = job.deadline - time.perf_counter()
+        if left <= 0:
+            self.batcher.cancel(job, "deadline")
+            return
+        if self.watcher is None:
+            self.watcher = asyncio.ensure_future(self.receive())
+            self.watcher.add_done_callback(self.on_receive)
+        self.timer = self.loop.call_later(left, self.fire)
+
+    def on_receive(self, task: asyncio.Future) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result().get("type") == "http.disconnect":
+            self.batcher.cancel(self.job, "client_disconnected")
+
+    def close(self) -> None:
+        self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 async def _wait(state: ServiceState, receive: Any, batcher: Batcher, job: Job) -> None:
-    # After the body, the next receive() returns only when the client goes away: no polling needed.
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(partial(_on_receive, batcher, job))
+    watch = _Watch(asyncio.get_running_loop(), receive, batcher, job)
     try:
-        async with asyncio.timeout(job.deadline - time.perf_counter()):
-            await job.future
-    except TimeoutError:
-        batcher.cancel(job, "deadline")
-        state.metrics.reject("deadline")
-        raise ServiceError(504, "timeout", f"no result within {state.settings.request_timeout_s} s") from None
+        await job.future
     except JobCancelled as e:
         if e.reason == "deadline":
             state.metrics.reject("deadline")
@@ -118,7 +164,7 @@ async def _wait(state: ServiceState, receive: Any, batcher: Batcher, job: Job) -
     except (InferenceFailed, EncodeFailed) as e:
         raise ServiceError(500, "inference_error", str(e)) from None
     finally:
-        watcher.cancel()
+        watch.close()
 
 
 async def run_generate(
@@ -238,16 +284,17 @@ def json_body(
         parts.append(media)
         parts.append(blob)
         parts.append(tail)
-    timing = {
-        "queue_ms": round(queue_ms, 3),
-        "inference_ms": round(infer_ms, 3),
-        "encode_ms": round(enc_ms, 3),
-        "total_ms": round(total_ms, 3),
-        "batch_size": batch_size,
-    }
-    parts.append(b'],"timing":')
-    parts.append(json.dumps(timing, separators=(",", ":")).encode())
-    parts.append(b"}")
+    # repr of a finite float is what json.dumps writes for it
+    parts.append(
+        b'],"timing":{"queue_ms":%s,"inference_ms":%s,"encode_ms":%s,"total_ms":%s,"batch_size":%d}}'
+        % (
+            repr(round(queue_ms, 3)).encode(),
+            repr(round(infer_ms, 3)).encode(),
+            repr(round(enc_ms, 3)).encode(),
+            repr(round(total_ms, 3)).encode(),
+            batch_size,
+        )
+    )
     return b"".join(parts)
 
 
