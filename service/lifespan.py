@@ -292,7 +292,8 @@ class ServiceState:
             for name in names:
                 result = await self._reload_one(name, force)
                 if result is not None:
-                    self.metrics.reloads.labels(name, result.action).inc()
+                    if result.action != "not_found":  # names that are no model never become metric labels
+                        self.metrics.reloads.labels(name, result.action).inc()
                     results.append(result)
         return results
 

@@ -85,6 +85,7 @@ def test_admin_keys_are_not_api_keys(serve: Callable[..., LiveServer], models: P
         assert r.status_code == 200 and r.json()["results"][0]["action"] == "unchanged", r.text
         r = c.post("/v1/models/no-such-model/reload", headers=ADMIN)
         assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
+        assert "no-such-model" not in c.get("/metrics").text  # unknown names never become labels
 
 
 def test_admin_keys_must_differ_from_api_keys(tmp_path: Path) -> None:
