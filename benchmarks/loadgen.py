@@ -167,17 +167,18 @@ class Http1Connection:
         self._host_header = f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.headers: dict[str, str] = {}  # of the last response, names in lower case
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        return await asyncio.wait_for(self._post(path, body), self.timeout)
+    async def post(self, path: str, body: bytes, accept: str = "application/json") -> tuple[int, bytes]:
+        return await asyncio.wait_for(self._post(path, body, accept), self.timeout)
 
-    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _post(self, path: str, body: bytes, accept: str) -> tuple[int, bytes]:
         if self._writer is None or self._writer.is_closing():
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self._host_header}\r\nContent-Type: application/json\r\n"
-            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Accept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         self._writer.write(head.encode("ascii") + body)
         try:
@@ -201,6 +202,7 @@ class Http1Connection:
             raise ConnectionError(f"bad HTTP response: {e}") from e
         if headers.get("connection", "").lower() == "close":
             await self.aclose()
+        self.headers = headers
         return status, content
 
     async def _read_chunked(self) -> bytes:
@@ -227,9 +229,11 @@ class HttpxPoster:
 
     def __init__(self, client: httpx.AsyncClient):
         self.client = client
+        self.headers: dict[str, str] = {}
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        r = await self.client.post(path, content=body, headers={"content-type": "application/json"})
+    async def post(self, path: str, body: bytes, accept: str = "application/json") -> tuple[int, bytes]:
+        r = await self.client.post(path, content=body, headers={"content-type": "application/json", "accept": accept})
+        self.headers = {k.lower(): v for k, v in r.headers.items()}
         return r.status_code, r.content
 
     async def aclose(self) -> None:
@@ -261,6 +265,9 @@ class LevelResult:
     loadavg_1m: float | None = None  # the machine's load average at the end of the level (others' work too)
     server_runq_wait_ms_per_request: float | None = None  # server threads runnable but waiting for a CPU
     label: str = ""
+    fmt: str = "png"  # the request's format
+    accept: str = "application/json"  # the response's form the requests asked for
+    response_bytes_mean: float | None = None  # body bytes per successful response
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -285,25 +292,31 @@ async def run_level(
     seed_base: int = 0,
     client_kind: str = "raw",
     url: str = "",
+    accept: str = "application/json",
 ) -> LevelResult:
-    """Closed loop: ``concurrency`` workers, each sending its next request as soon as the last one answers."""
+    """Closed loop: ``concurrency`` workers, each sending its next request as soon as the last one answers.
+
+    ``accept`` picks the response: JSON (timing from its body), or ``image/...`` / ``application/octet-stream``
+    (the body is the image or the pixels; timing and batch size from the Server-Timing and X-Batch-Size headers)."""
     latencies: list[float] = []
     queue_ms: list[float] = []
     inference_ms: list[float] = []
     batch_sizes: Counter[int] = Counter()
     error_codes: Counter[str] = Counter()
     first_error: list[str] = []
+    body_bytes = 0
     counter = iter(range(seed_base, seed_base + 10**12, images_per_request))
     base = {"num_images": images_per_request, "format": fmt, "class_labels": None}
     if model:
         base["model"] = model
+    json_out = accept.split(";", 1)[0].strip().lower() in ("application/json", "*/*", "")
     start = time.perf_counter() + warmup
     end = start + duration
     completed = 0
     stop = asyncio.Event()
 
     async def worker() -> None:
-        nonlocal completed
+        nonlocal completed, body_bytes
         poster = Http1Connection(url, 120.0) if client_kind == "raw" else HttpxPoster(client)
         try:
             while not stop.is_set() and time.perf_counter() < end:
@@ -312,12 +325,16 @@ async def run_level(
                 code: str
                 timing: dict[str, Any] | None = None
                 try:
-                    status, content = await poster.post("/generate", body)
+                    status, content = await poster.post("/generate", body, accept)
                     code = str(status)
-                    if status == 200:
+                    if status == 200 and json_out:
                         payload = json.loads(content)
                         timing = payload["timing"]
                         if len(payload["images"]) != images_per_request:
+                            code = "wrong_image_count"
+                    elif status == 200:
+                        timing, count = header_timing(poster.headers, len(content))
+                        if count != images_per_request:
                             code = "wrong_image_count"
                     elif not first_error:
                         first_error.append(f"HTTP {status}: {content[:300].decode(errors='replace')}")
@@ -332,6 +349,7 @@ async def run_level(
                     error_codes[code] += 1
                     continue
                 latencies.append((t1 - t0) * 1000.0)
+                body_bytes += len(content)
                 queue_ms.append(float(timing["queue_ms"]))
                 inference_ms.append(float(timing["inference_ms"]))
                 batch_sizes[int(timing["batch_size"])] += images_per_request
@@ -386,7 +404,23 @@ async def run_level(
             if completed and s0.get("runq") is not None and s1.get("runq") is not None
             else None
         ),
+        fmt=fmt,
+        accept=accept,
+        response_bytes_mean=body_bytes / completed if completed else None,
     )
+
+
+def header_timing(headers: dict[str, str], body_len: int) -> tuple[dict[str, Any], int]:
+    """Timing (as the JSON body's ``timing``) and image count of an image or octet-stream response, from its
+    Server-Timing, X-Batch-Size and X-Shape headers."""
+    timing: dict[str, Any] = {"batch_size": int(headers.get("x-batch-size", "0"))}
+    for part in headers.get("server-timing", "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            timing[f"{name}_ms"] = float(dur)
+    shape = headers.get("x-shape")
+    count = int(shape.split(",", 1)[0]) if shape else (1 if body_len else 0)
+    return timing, count
 
 
 def _loadavg() -> float | None:
