@@ -141,7 +141,7 @@ def teacher_features(
     seen = teacher.info.get("images_seen")
     text = f"the encoder of the teacher {path} at sigma {', '.join(f'{s:g}' for s in sigmas)}"
     if seen:
-        text += f" ({seen / 1e6:.3g}M pre-training images)"
+        text += f" ({seen:,} pre-training images)"
     return FeatureExtractor(
         kind="teacher",
         metric_name="FD-teacher",
@@ -275,9 +275,9 @@ def choose_features(
         else:
             why_not = "no evaluation classifier given"
     if teacher is not None:
-        return FeatureChoice("teacher", str(teacher), f"needs no labels ({why_not})")
+        return FeatureChoice("teacher", str(teacher), f"needs no labels; chosen as {why_not}")
     if inception is not None:
-        return FeatureChoice("inception", str(inception), f"needs no labels ({why_not})")
+        return FeatureChoice("inception", str(inception), f"needs no labels; chosen as {why_not}")
     hint = ""
     if labelled and conditional:
         hint = f" or train a classifier: python -m training.evaluate train-classifier --data {data or 'SPEC'} --out DIR"

@@ -118,14 +118,15 @@ def open_data(
     ds = open_dataset(spec, split=split, resolution=resolution, path=data_path, channels=channels)
     n = len(ds) if num_real is None else min(num_real, len(ds))
     labels = ds.labels[:n].numpy() if ds.num_classes > 0 else None
+    split_name = "" if isinstance(ds, FolderDataset) else f"{split} "  # a folder has no splits: all of it
     return ImageSet(
-        f"{n} {split} images of {spec}",
+        f"{n} {split_name}images of {spec}",
         n,
         ds.resolution,
         ds.channels,
         labels,
         ds.num_classes,
-        {"spec": spec, "split": split, "count": n},
+        {"spec": spec, "split": split if split_name else None, "count": n},
         _dataset=ds,
     )
 

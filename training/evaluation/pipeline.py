@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_model
-from training.datasets import open_dataset
+from training.datasets import FolderDataset, open_dataset
 from training.evaluation.classifier import DEFAULT_CLASSIFIER
 from training.evaluation.evaluator import Evaluator, SetResult
 from training.evaluation.features import build_extractor, choose_features, inception_features
@@ -73,7 +73,9 @@ def run_evaluation(
     if not data:
         raise ValueError("no --data given and the first model's config.json names no dataset.spec")
     split = options.reference_split
-    labelled = open_dataset(data, split=split, path=data_path).num_classes > 0
+    probe = open_dataset(data, split=split, path=data_path)
+    labelled = probe.num_classes > 0
+    has_splits = not isinstance(probe, FolderDataset)  # a folder is one set: reference and floor share its images
     choice = choose_features(
         features,
         data=data,
@@ -98,13 +100,17 @@ def run_evaluation(
     seeds = [options.seed + i for i in range(n)]
 
     results: list[SetResult] = []
-    grids: list[tuple[str, torch.Tensor]] = [(f"real ({split})", evaluator.real_grid)]
+    grids: list[tuple[str, torch.Tensor]] = [(f"real ({split})" if has_splits else "real", evaluator.real_grid)]
     spectra: dict[str, np.ndarray] = {"real": evaluator.real_spectrum.mean()}
 
     floor = other_split(split)
     train_images, train_labels = real_train_set(data, data_path, resolution, channels, n, options.seed, floor)
     res, _, _ = evaluator.measure(
-        f"real ({floor} split)", "real", lambda a, b: train_images[a:b], train_labels, len(train_images)
+        f"real ({floor} split)" if has_splits else "real (a random subset)",
+        "real",
+        lambda a, b: train_images[a:b],
+        train_labels,
+        len(train_images),
     )
     res.seconds = 0.0
     results.append(res)
@@ -150,7 +156,7 @@ def run_evaluation(
             else None
         ),
         "features": {**extractor.to_json(), "reason": choice.reason},
-        "reference_split": split,
+        "reference_split": split if has_splits else None,
         "inception": inception_path if inception is not None else None,
         "options": asdict(options),
         "reference_images": len(reference),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.datasets import open_dataset
+from training.datasets import FolderDataset, open_dataset
 from training.evaluation.options import EvalOptions, Log
 
 
@@ -17,7 +17,8 @@ def load_reference(
     ref = open_dataset(data, split=split, resolution=resolution, path=data_path, channels=channels)
     n = len(ref) if options.num_real is None else min(options.num_real, len(ref))
     images, labels = ref.get_batch(list(range(n)))
-    log(f"Reference: {n} {split} images of {data} at {resolution}x{resolution}")
+    split_name = "" if isinstance(ref, FolderDataset) else f"{split} "  # a folder has no splits: all of it
+    log(f"Reference: {n} {split_name}images of {data} at {resolution}x{resolution}")
     return images, labels
 
 

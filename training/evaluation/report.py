@@ -106,8 +106,9 @@ def _sig(value: float | None) -> str:
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
     opts = m["options"]
-    split = m.get("reference_split", "test")
+    split = m.get("reference_split", "test")  # None: a folder, which has no splits
     last_seed = opts["seed"] + opts["num_samples"] - 1
+    split_name = f"{split} " if split else ""
     if m.get("classifier"):
         features = (
             f"Features: the evaluation classifier `{m['classifier']['dir']}` "
@@ -122,8 +123,8 @@ def render_report(m: dict[str, Any]) -> str:
     lines = [
         "# Evaluation report",
         "",
-        f"Data: `{m['data']}` at {m['resolution']}×{m['resolution']}; reference: {m['reference_images']} {split} "
-        f"images. {opts['num_samples']} samples per set (seeds {opts['seed']}..{last_seed}, "
+        f"Data: `{m['data']}` at {m['resolution']}×{m['resolution']}; reference: {m['reference_images']} "
+        f"{split_name}images. {opts['num_samples']} samples per set (seeds {opts['seed']}..{last_seed}, "
         "classes balanced, the same noise for every model). " + features,
         "",
         f"| set | sampler | NFE | training images | {name} | KID ×10³ | precision | recall | class accuracy "
@@ -152,11 +153,11 @@ def render_report(m: dict[str, Any]) -> str:
     s = m["summary"]
     lines += ["", "## Summary", ""]
     if "real_fd_floor" in s:
-        lines.append(
-            f"- Real-vs-real floor ({opts['num_samples']} {'test' if split == 'train' else 'train'} images against "
-            f"the {split} set): "
-            f"{name} {_sig(s['real_fd_floor'])}."
-        )
+        if split:
+            what = f"{opts['num_samples']} {'test' if split == 'train' else 'train'} images against the {split} set"
+        else:  # a folder: the floor's images are among the reference's, so it reads lower than a held-out set's
+            what = f"{opts['num_samples']} images drawn from the reference folder itself, a lower bound"
+        lines.append(f"- Real-vs-real floor ({what}): {name} {_sig(s['real_fd_floor'])}.")
     if "teacher_best" in s:
         tb = s["teacher_best"]
         lines.append(f"- Best teacher: {tb['label']} at NFE {tb['nfe']}, {name} {_sig(tb['fd'])}.")

@@ -115,7 +115,8 @@ def resolve_reference(
         extractor = _extractor(choice, options, log)
         stats.check_extractor(extractor, f"the statistics in {ref.value}")
         what = stats.data.get("spec") or stats.data.get("images")
-        log(f"Reference: {ref.value} ({stats.stats.count} images of {what}, {stats.data.get('split', '')} split)")
+        split = f", {stats.data['split']} split" if stats.data.get("split") else ""
+        log(f"Reference: {ref.value} ({stats.stats.count} images of {what}{split})")
         return stats, extractor, choice.reason
     if ref.kind == "images":
         real = open_images(ref.value, channels=images.channels)

@@ -169,6 +169,7 @@ def test_report_with_unlabelled_data_says_which_features(models, tmp_path, capsy
     assert m["features"]["kind"] == "teacher" and m["metric_name"] == "FD-teacher" and m["classifier"] is None
     report = (out / "report.md").read_text()
     assert "Features: the encoder of the teacher" in report and "needs no labels" in report
+    assert m["reference_split"] is None and "drawn from the reference folder itself" in report  # no splits
     assert all(r["class_accuracy"] is None for r in m["results"])
 
 
