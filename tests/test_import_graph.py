@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "benchmarks.service",
     "benchmarks.exporters",
     "benchmarks.training",
+    "benchmarks.gpu",  # the GPU check's steps (scripts/gpu_check.sh)
 }
 OPTIONAL_ENTRY_POINTS: set[str] = set()  # commands that may exist (thin entry points when they do)
 # Argument handling the entry points share; like them, only entry points import these.
