@@ -317,6 +317,7 @@ def onnx_session(
     parallel: bool = False,
     allow_spinning: bool = True,
     denormal_as_zero: bool = False,
+    spin_duration_us: int | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` with the settings the benchmark found best on CPU.
 
@@ -341,6 +342,8 @@ def onnx_session(
     if denormal_as_zero:
         so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if spin_duration_us is not None:  # how long an idle intra-op thread spins before it sleeps (ONNX Runtime 1.20+)
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(int(spin_duration_us)))
     return ort.InferenceSession(str(path), sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
 
 

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="Let ONNX Runtime's intra-op threads spin between parallel sections (lower latency); turn off "
         "where other busy processes share the cores.",
     )
+    ort_spin_duration_us: int | None = Field(
+        None,
+        ge=0,
+        description="With ort_allow_spinning: how long (microseconds) an idle intra-op thread spins before it "
+        "sleeps (ONNX Runtime's session.intra_op.spin_duration_us). Shorter leaves more of the cores to the event "
+        "loop and the encoder between batches. Unset: ONNX Runtime's default.",
+    )
     encode_threads: int = Field(1, ge=1, description="Threads that encode images (PNG/JPEG/WebP) beside inference.")
     encode_overlap: Literal["auto", "on", "off"] = Field(
         "auto",

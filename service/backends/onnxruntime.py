@@ -82,6 +82,7 @@ class OnnxRuntimeBackend(Backend):
             path,
             intra_op_threads=settings.ort_intra_op_threads,
             allow_spinning=settings.ort_allow_spinning,
+            spin_duration_us=settings.ort_spin_duration_us,
             denormal_as_zero=True,
         )
         names = {i.name for i in self.session.get_inputs()}

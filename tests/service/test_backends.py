@@ -107,7 +107,13 @@ def test_onnxruntime_spinning_follows_the_setting(onnx_models: Path) -> None:
         backend = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1, ort_allow_spinning=allow)
         options = backend.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        with pytest.raises(RuntimeError, match="does not have"):  # unset: ONNX Runtime's default
+            options.get_session_config_entry("session.intra_op.spin_duration_us")
         backend.close()
+    backend = build("onnxruntime", onnx_models / COND, ort_intra_op_threads=1, ort_spin_duration_us=50)
+    options = backend.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "50"
+    backend.close()
 
 
 @pytest.mark.slow
