@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -178,6 +179,10 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self.consecutive_failures = 0
         self.dead: str | None = None
+        # The queue-depth gauge reads the count when scraped (no lock taken per request); a weak reference, so that
+        # a replaced or removed model's batcher is not kept alive by its gauge (it then reads 0).
+        ref = weakref.ref(self)
+        metrics.queue_depth.set_function(lambda: getattr(ref(), "queued_images", 0))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -234,7 +239,6 @@ class Batcher:
         job.eager = self.idle_dispatch and not self._computing and self.queued_images == 0
         self._queue.append(job)
         self.queued_images += n
-        self.metrics.queue_depth.set(self.queued_images)
         self._wakeup.set()
         return job
 
@@ -247,7 +251,6 @@ class Batcher:
         if left:
             job.offset = job.n
             self.queued_images -= left
-            self.metrics.queue_depth.set(self.queued_images)
         if not job.future.done():
             job.future.set_exception(JobCancelled(reason))
             job.future.exception()  # mark retrieved: nobody may be awaiting it any more
@@ -283,7 +286,6 @@ class Batcher:
             if job.offset >= job.n:
                 q.popleft()
         self.queued_images -= self.max_batch_size - room
-        self.metrics.queue_depth.set(self.queued_images)
         return batch
 
     async def _loop(self) -> None:
