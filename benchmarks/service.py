@@ -734,9 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default=None,
-        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        choices=("auto", "torch", "onnxruntime", "tensorrt", "null"),
         help="backend for --spawn (default auto, the service's default) and the raw measurement (default: the one "
-        "the server reports)",
+        "the server reports); null: no model compute (with --no-raw: the serving side alone, e.g. --format-gain)",
     )
     p.add_argument(
         "--threads",
