@@ -73,6 +73,15 @@ def test_success_and_request_errors_match_the_schema(
     assert post(200, json={"model": UNCOND, "format": "jpeg", "quality": 50}).json()["model"] == UNCOND
     raw = post(200, json={"seed": 5, "class_labels": 1}, headers={"Accept": "image/png"})
     assert raw.content.startswith(b"\x89PNG") and raw.headers["x-seed"] == "5" and raw.headers["x-class-label"] == "1"
+    pixels = post(200, json={"num_images": 2, "format": "raw", "seed": 5}).json()["images"]  # base64 pixels in JSON
+    assert [(img["shape"], img["dtype"], img["media_type"]) for img in pixels] == [
+        ([16, 16, 1], "uint8", "application/octet-stream")
+    ] * 2
+    octet = post(200, json={"num_images": 2, "seed": 5}, headers={"Accept": "application/octet-stream"})
+    assert octet.headers["x-shape"] == "2,16,16,1" and octet.headers["x-dtype"] == "uint8" and len(octet.content) == 512
+    documented = openapi["paths"][path]["post"]["responses"]["200"]["headers"]
+    assert {"X-Shape", "X-Dtype", "X-Class-Labels"} <= set(documented)
+    assert "raw" in openapi["components"]["schemas"]["GenerateRequest"]["properties"]["format"]["enum"]
     assert raw.headers["server-timing"].startswith("queue;dur=")
     for payload in ({"num_images": 0}, {"seed": -1}, {"format": "gif"}, {"colour": 1}, {"class_labels": 10}):
         post(422, "validation_error", json=payload)
