@@ -60,7 +60,7 @@ TRAIN_SECONDS = 60.0
 TRAIN_BATCH = 256
 #: Pre-training images/s of the fmnist config on the 2-core CPU machines these docs were written on: the median of
 #: the 593 stats lines of the shipped teacher's own run (runs/00000-fmnist-teacher/stats.jsonl, batch 64, fp32).
-#: On the same machine busy with other jobs, benchmarks.training loop gave 3.9 (docs/benchmarks.md, "GPU check").
+#: On the same machine busy with other jobs, benchmarks.training loop gave 3.9 to 42 (docs/benchmarks.md, "GPU check").
 CPU_PRETRAIN_IMAGES_PER_S = 149.0
 CPU_PRETRAIN_SOURCE = "median of runs/00000-fmnist-teacher/stats.jsonl (2-core CPU, fmnist config, batch 64, fp32)"
 #: (resolution, channels, label_dim) of the random-weight generators the raw step builds.

@@ -25,10 +25,27 @@ DRY=()
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     DRY=(--dry-run)
 fi
-exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
 
+# step NAME SECONDS [ARGS...]: one step of benchmarks.gpu under `timeout`; a failure or a timeout is recorded.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo
+    echo "== $name (at most ${limit} s; $(($(date +%s) - START)) s so far)"
+    timeout -k 10 "$limit" "$PY" -m benchmarks.gpu "$name" --report "$REPORT" "${DRY[@]}" "$@"
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+        local why="exit $rc"
+        [ "$rc" -eq 124 ] && why="timed out after ${limit} s"
+        [ "$rc" -eq 137 ] && why="killed after ${limit} s"
+        echo "-- $name: $why"
+        "$PY" -m benchmarks.gpu mark "$name" --report "$REPORT" --status "$why"
+    fi
+}
+
+setup() {
 echo "== onestep GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if compgen -G ".whl/*.whl" >/dev/null; then
     SITE=$(mktemp -d /tmp/onestep-site.XXXXXX)
@@ -57,29 +74,19 @@ for name in ("fastapi", "uvicorn", "pydantic", "pydantic-settings", "httptools",
         print(name, "missing")
 EOF
 
-# step NAME SECONDS [ARGS...]: one step of benchmarks.gpu under `timeout`; a failure or a timeout is recorded.
-step() {
-    local name=$1 limit=$2
-    shift 2
-    echo
-    echo "== $name (at most ${limit} s; $(($(date +%s) - START)) s so far)"
-    timeout -k 10 "$limit" "$PY" -m benchmarks.gpu "$name" --report "$REPORT" "${DRY[@]}" "$@"
-    local rc=$?
-    if [ "$rc" -ne 0 ]; then
-        local why="exit $rc"
-        [ "$rc" -eq 124 ] && why="timed out after ${limit} s"
-        [ "$rc" -eq 137 ] && why="killed after ${limit} s"
-        echo "-- $name: $why"
-        "$PY" -m benchmarks.gpu mark "$name" --report "$REPORT" --status "$why"
-    fi
 }
 
-step env 20
-step pytest 90 --budget 80 --test-timeout 60
-step raw 95
-step service 75 --level-seconds 5
-step training 150 --train-seconds 60
-step compile 40
-echo
-"$PY" -m benchmarks.gpu summary --report "$REPORT"
-echo "== done in $(($(date +%s) - START)) s: $REPORT, $LOG"
+main() {
+    setup
+    step env 30
+    step pytest 90 --budget 80 --test-timeout 60
+    step raw 95
+    step service 75 --level-seconds 5
+    step training 150 --train-seconds 60
+    step compile 30
+    echo
+    "$PY" -m benchmarks.gpu summary --report "$REPORT"
+    echo "== done in $(($(date +%s) - START)) s: $REPORT, $LOG"
+}
+
+main 2>&1 | tee -a "$LOG"

