@@ -264,7 +264,11 @@ def raw_sizes(levels: Sequence[LevelResult], max_batch_size: int) -> list[int]:
 def measure_raw(
     model_dir: Path, backend_name: str, sizes: Sequence[int], threads: int | None, seconds_per_size: float
 ) -> RawResult:
-    """Load the model with the service's own backend class and time ``Backend.run`` per batch size."""
+    """Load the model with the service's own backend class and time ``Backend.run`` per batch size.
+
+    The device (and every setting not given here) comes from the ONESTEP_* environment, as the spawned server's
+    does: on a CUDA host the raw figures are the GPU's.
+    """
     import torch
 
     from service.backends import create_backend
@@ -276,7 +280,6 @@ def measure_raw(
         backend=backend_name,
         torch_threads=threads,
         ort_intra_op_threads=threads,
-        device="cpu",
         warmup=False,
     )
     if threads:
