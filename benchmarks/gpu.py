@@ -856,7 +856,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, required=True, help="the report JSON (created or merged into)")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes; skip what needs a GPU or a server")
     p.add_argument("--seconds", type=float, default=0.4, help="raw/compile: seconds per point")
-    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=list(BATCHES))
+    p.add_argument(
+        "--batches",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=list(BATCHES),
+        help="raw/compile: comma-separated batch sizes",
+    )
     p.add_argument("--budget", type=float, default=80.0, help="pytest: seconds for the whole run")
     p.add_argument("--test-timeout", type=float, default=60.0, help="pytest: seconds per test")
     p.add_argument("--level-seconds", type=float, default=5.0, help="service: measured seconds per level")

@@ -11,7 +11,7 @@ else from the server process's /proc counters), and the load generator's own CPU
 
 With ``--models-dir`` the same model is then loaded in this process with the same backend and threads, and
 ``Backend.run`` is timed at the batch sizes the batcher formed: the raw throughput and CPU time per image
-that the ratios of the performance targets (issue 6) compare against. ``--spawn`` starts the server itself
+that the ratios of the serving-overhead targets compare against. ``--spawn`` starts the server itself
 (``python -m service`` on a free loopback port), and also a ``max_batch_size=1`` server for the batching gain.
 ``--repeat N`` runs all of it N times back to back and also judges each target by its median round, since a
 shared host's speed drifts between the measurements one ratio divides.
@@ -738,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         choices=("auto", "torch", "onnxruntime", "tensorrt", "null"),
-        help="backend for --spawn (default auto, the service's default) and the raw measurement (default: the one "
+        help="backend for --spawn (unset: auto, the service's default) and the raw measurement (unset: the one "
         "the server reports); null: no model compute (with --no-raw: the serving side alone, e.g. --format-gain)",
     )
     p.add_argument(
@@ -761,9 +761,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         action="store_true",
-        help="also run the levels the issue-6 targets need: c=1, c=32 (1 img/req), c=4 (16 img/req)",
+        help="also run the levels the serving targets need: c=1, c=32 (1 img/req), c=4 (16 img/req)",
     )
-    p.add_argument("--target-concurrency", type=int, default=32)
+    p.add_argument(
+        "--target-concurrency",
+        type=int,
+        default=32,
+        help="with --targets: the concurrency of the c=N target (default 32)",
+    )
     p.add_argument(
         "--repeat",
         type=int,

@@ -1,8 +1,8 @@
 """HTTP client for the onestep service (sync and async, httpx) and a small CLI.
 
-python -m service.client generate --url http://127.0.0.1:8000 --class 3 --seed 7 -o out.png
-python -m service.client generate --url http://127.0.0.1:8000 -n 4 -o out.npy      # raw uint8 pixels
-python -m service.client models --url http://127.0.0.1:8000
+python -m service.client --url http://127.0.0.1:8000 generate --class 3 --seed 7 -o out.png
+python -m service.client --url http://127.0.0.1:8000 generate -n 4 -o out.npy      # raw uint8 pixels
+python -m service.client --url http://127.0.0.1:8000 models
 
 For machines, ``generate_array`` asks for ``application/octet-stream``: every image's uint8 pixels in one body,
 no image encoding on either side; ``generate(format="raw")`` returns them base64 in JSON (``GeneratedImage.array``).
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="class index, or comma-separated indices one per image (default: random)",
     )
     g.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i")
-    g.add_argument("-n", "--num-images", type=int, default=1)
+    g.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     g.add_argument(
         "--format",
         choices=FORMATS,

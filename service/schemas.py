@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN §5)."""
+"""Request and response bodies of the HTTP API."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from training.cli import add_step_arguments, given_options, resolve_run_config
+from training.cli import HelpFormatter, add_step_arguments, given_options, resolve_run_config
 from training.discriminator import DEFAULT_SIGMAS
 from training.distributed import init_distributed, shutdown_distributed
 from training.finetune_task import build_task, describe
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.finetune",
         description="D2O / D2O-F: GAN-only fine-tune of an EDM teacher into a one-step generator.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", default=None, choices=preset_names(), help="named option set; explicit options win")
     g = p.add_argument_group("teacher and data")

@@ -318,7 +318,11 @@ def load_edm_network(path: str | Path, key: str = "ema") -> tuple[EDMPrecond, Im
 
 
 def import_edm(
-    path: str | Path, out_dir: str | Path, *, key: str = "ema", name: str | None = None,
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    key: str = "ema",
+    name: str | None = None,
     class_names: list[str] | None = None,
 ) -> Path:
     """EDM pickle -> model dir (kind 'denoiser', precond 'edm') that fine-tuning and evaluation read."""

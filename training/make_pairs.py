@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from training.cli import HelpFormatter
 from training.pairs import make_pairs
 
 
@@ -17,13 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.make_pairs",
         description="Precompute teacher (noise -> Heun output) pairs for the distillation baseline; resumable.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--teacher", required=True, help="teacher run dir or denoiser model dir")
     p.add_argument("--num", type=int, required=True, help="number of pairs")
     p.add_argument("--out", required=True, help="output dir (rerun the same command to continue)")
     p.add_argument("--nfe", type=int, default=35, help="teacher network evaluations per pair")
-    p.add_argument("--solver", default="heun", choices=["heun", "euler"])
+    p.add_argument("--solver", default="heun", choices=["heun", "euler"], help="teacher ODE solver")
     p.add_argument("--chunk", type=int, default=1000, help="pairs per chunk file")
     p.add_argument("--batch", type=int, default=64, help="sampling batch size")
     p.add_argument("--seed-start", type=int, default=0, help="pair i uses seed seed_start + i")

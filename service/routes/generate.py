@@ -25,6 +25,7 @@ from service.errors import ERROR_RESPONSES, ErrorResponse, ServiceError, error_r
 from service.lifespan import ModelEntry, ServiceState
 from service.middleware import GENERATE_PATHS, MODEL_SCOPE_KEY, charge_images
 from service.schemas import MAX_SEED, MEDIA_TYPES, RAW_DTYPE, GenerateRequest, GenerateResponse
+from training.sampling import class_from_seed
 
 log = logging.getLogger("service")
 
@@ -36,7 +37,6 @@ _RAW_TYPES = {
     "application/octet-stream": "raw",
 }
 _JSON_TYPES = {"application/json", "application/*", "*/*"}
-_M64 = (1 << 64) - 1
 
 
 _ACCEPT_CACHE: dict[str, str | None] = {}
@@ -65,14 +65,6 @@ def _parse_accept(accept: str) -> str | None:
         if media in _JSON_TYPES:
             return None
     return None
-
-
-def class_from_seed(seed: int, label_dim: int) -> int:
-    """A class drawn from the seed alone (splitmix64 finaliser), so seed -> image stays reproducible."""
-    x = (seed + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return (x ^ (x >> 31)) % label_dim
 
 
 def resolve_labels(entry: ModelEntry, class_labels: int | list[int] | None, seeds: list[int]) -> list[int] | None:
