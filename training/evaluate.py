@@ -4,8 +4,11 @@ Commands:
 
 - ``report`` (the default): sample every ``--model`` (a generator in one step; a denoiser with Heun at each
   ``--nfe``) from the same seeded noise and balanced classes, compare with the real test set, and write
-  ``report.md``, ``metrics.json`` and PNG plots into ``--out``. A fine-tune run dir also gives FD against
-  fine-tune images seen, read from its ``network-snapshot-*`` model dirs.
+  ``report.md``, ``metrics.json`` and PNG plots into ``--out``. A fine-tune run dir also gives the budget curve:
+  FD and recall against fine-tune images seen (and their share of the teacher's pre-training images), read from
+  its ``network-snapshot-*`` model dirs, with where it reaches the teacher's best FD at any NFE.
+  ``--model NAME=DIR,DIR,DIR`` evaluates the fine-tune seeds of one variant and reports each metric as
+  mean ± sd over them, with every seed's figure (never the best seed alone).
 - ``score``: any image set (a folder of images or an .npz, e.g. from ``python -m training.generate``) against a
   reference: a data set and split (``fmnist:test``), a folder, or a statistics file from ``ref``.
 - ``ref``: reference statistics of a data set split, written once (``stats.npz``) and compared with many sets.
@@ -14,8 +17,13 @@ Commands:
 
 Features (``--features``): the evaluation classifier for class-conditional models on labelled data; the teacher's
 encoder (``--teacher``) or Inception-v3 from a local weights file (``--inception``) where no labels are to be had.
-``--protocol paper`` is the paper's: 50,000 samples against the training set. This module parses the arguments;
-the work is done by ``training.evaluation``.
+Protocol (``training.evaluation.protocol``): noise seeds come in disjoint ranges by role. ``--seeds test`` (the
+default: seeds 200000-249999, the first 10,000 per set unless ``--num-samples`` says otherwise) for every figure
+that is reported, ``--seeds validation`` (100000-149999) for every choice (snapshot, fine-tune seed,
+hyper-parameter), or ``--seeds START`` for quick looks; a count past the range is refused. FD comes with a 95%
+percentile bootstrap interval (``--bootstrap`` rounds). ``score --seeds ROLE`` checks that an .npz's images come
+from that range. ``--protocol paper`` is the paper's: 50,000 samples against the training set. This module
+parses the arguments; the work is done by ``training.evaluation``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from training.evaluation.classifier import DEFAULT_CLASSIFIER, TrainOptions, tra
 from training.evaluation.features import KINDS
 from training.evaluation.options import DEFAULT_NFE, EvalOptions, Log
 from training.evaluation.pipeline import run_evaluation
+from training.evaluation.protocol import DEFAULT_BOOTSTRAP_ROUNDS, DEFAULT_REPORTED_SAMPLES, SEED_RANGES
 from training.evaluation.score import (
     PAPER_SAMPLES,
     PROTOCOLS,
@@ -44,11 +53,16 @@ from training.evaluation.score import (
     run_score,
     write_reference_stats,
 )
-from training.evaluation.sources import resolve_source
+from training.evaluation.sources import resolve_sources
 from training.evaluation.stats import DEFAULT_SUBSET
 
 COMMANDS = ("report", "score", "ref", "train-classifier")
-DEFAULT_SAMPLES = EvalOptions.num_samples
+DEFAULT_SAMPLES = DEFAULT_REPORTED_SAMPLES
+_TEST, _VAL = SEED_RANGES["test"], SEED_RANGES["validation"]
+SEEDS_HELP = (
+    f"noise seeds: test (reported figures; {_TEST.start}-{_TEST.stop - 1}), validation (choices; {_VAL.start}-"
+    f"{_VAL.stop - 1}) or a start seed; sample i uses the i-th seed"
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -108,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="[LABEL=]PATH",
         help="model dir or run dir (repeatable); generators are sampled in one step, denoisers with Heun at --nfe; "
-        "a fine-tune run dir also gives the FD-versus-images curve of its snapshots",
+        "a fine-tune run dir also gives the budget curve of its snapshots; NAME=DIR,DIR,DIR: fine-tune seeds of "
+        "one variant, reported as mean ± sd with every seed's figure",
     )
     r.add_argument("--out", required=True, help="output dir")
     r.add_argument("--data", default=None, help="reference data set spec (default: the first model's dataset.spec)")
@@ -117,10 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=int,
         default=None,
-        help=f"samples per set (default: {DEFAULT_SAMPLES}; {PAPER_SAMPLES} under --protocol paper)",
+        help=f"samples per set (default: {DEFAULT_SAMPLES}; {PAPER_SAMPLES} under --protocol paper); "
+        "small counts are for quick looks, not for reported figures",
     )
     r.add_argument("--num-real", type=int, default=None, help="reference images (default: all)")
-    r.add_argument("--seed", type=int, default=0, help="sample i uses noise seed SEED+i")
+    r.add_argument("--seeds", default="test", metavar="ROLE|START", help=SEEDS_HELP)
+    r.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_BOOTSTRAP_ROUNDS,
+        metavar="ROUNDS",
+        help="bootstrap rounds of each FD's 95%% interval (0: none; fewer where a round costs much)",
+    )
     r.add_argument(
         "--nfe", type=_int_list, default=",".join(map(str, DEFAULT_NFE)), help="Heun NFEs for denoisers (odd)"
     )
@@ -158,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subset", type=int, default=DEFAULT_SUBSET, help="reference feature rows for KID and PR")
     s.add_argument("--kid-subsets", type=int, default=100, help="random subsets KID averages over")
     s.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
+    s.add_argument(
+        "--seeds",
+        default=None,
+        metavar="ROLE|START",
+        help="check that the images' seeds (an .npz from training.generate) are the first of this range "
+        "(test, validation or a start seed); the scores state the seeds either way",
+    )
+    s.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_BOOTSTRAP_ROUNDS,
+        metavar="ROUNDS",
+        help="bootstrap rounds of the FD's 95%% interval (0: none)",
+    )
     s.add_argument("--out", default=None, metavar="FILE.json", help="also write the scores here")
     _feature_options(s, None)
     _run_options(s)
@@ -226,17 +263,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     options = EvalOptions(
         num_samples=num_samples,
         batch=args.batch,
-        seed=args.seed,
+        seeds=args.seeds,
         nfe=args.nfe,
         num_real=args.num_real,
         curve=not args.no_curve,
         curve_samples=args.curve_samples,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
+        bootstrap=args.bootstrap,
         device=args.device,
         reference_split=split,
     )
-    sources = [resolve_source(s) for s in args.model]
+    sources = [src for spec in args.model for src in resolve_sources(spec)]
+    labels = [src.label for src in sources]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two --model entries share a label ({', '.join(labels)}); name them with LABEL=PATH")
     run_evaluation(
         sources,
         args.out,
@@ -259,6 +300,8 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         num_real=args.num_real,
         device=args.device,
         protocol=args.protocol,
+        seeds=args.seeds,
+        bootstrap=args.bootstrap,
     )
     result = run_score(args.images, args.ref, _request(args), options, args.data_path, log=_log)
     text = json.dumps(result, indent=2)

@@ -28,7 +28,7 @@ def test_end_to_end_report(models, tmp_path, capsys):
             "--nfe", "1,3",
             "--kid-subsets", "5",
             "--kid-subset-size", "10",
-            "--seed", "7",
+            "--seeds", "7",
         ]
     )  # fmt: skip
     assert rc == 0, capsys.readouterr().err
@@ -53,7 +53,7 @@ def test_end_to_end_report(models, tmp_path, capsys):
     out2 = tmp_path / "again"
     rc = main(
         ["--model", str(models["generator"]), "--classifier", str(models["classifier"]), "--out", str(out2),
-         "--num-samples", "20", "--batch", "20", "--kid-subsets", "5", "--kid-subset-size", "10", "--seed", "7"]
+         "--num-samples", "20", "--batch", "20", "--kid-subsets", "5", "--kid-subset-size", "10", "--seeds", "7"]
     )  # fmt: skip
     assert rc == 0
     again = {r["label"]: r for r in json.loads((out2 / "metrics.json").read_text())["results"]}

@@ -13,6 +13,7 @@ import torch
 from training.evaluation.features import FeatureExtractor, extract_features
 from training.evaluation.metrics import FeatureStats, SetMetrics, compare, frechet_distance_stats
 from training.evaluation.options import EvalOptions, Log
+from training.evaluation.protocol import Interval, bootstrap_fd, bootstrap_rounds, seeds_record
 from training.evaluation.spectra import SpectrumAccumulator
 
 
@@ -26,6 +27,10 @@ class SetResult:
     seconds: float
     source: str = ""
     fid: float | None = None
+    seeds: dict[str, Any] | None = None  # protocol.seeds_record of the noise seeds (None: real images)
+    fd_ci: dict[str, Any] | None = None  # protocol.Interval.to_json of FD (None: not computed)
+    group: str | None = None  # the variant this set is one fine-tune seed of (--model NAME=DIR,DIR,...)
+    run_seed: int | None = None  # that fine-tune run's --seed, where its run dir records it
 
     def row(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "metrics"}
@@ -72,8 +77,13 @@ class Evaluator:
         nfe: int | None = None,
         images_seen: int | None = None,
         source: str = "",
+        seeds: range | None = None,
+        interval: bool = True,
     ) -> tuple[SetResult, torch.Tensor, np.ndarray]:
-        """Generate ``count`` images in batches with ``generate(start, stop)``; returns (result, grid, spectrum)."""
+        """Generate ``count`` images in batches with ``generate(start, stop)``; returns (result, grid, spectrum).
+
+        ``seeds``: the noise seeds the images were made from (recorded with the result); ``interval``: add the
+        bootstrap interval of FD (``options.bootstrap`` rounds, capped by its cost)."""
         spectrum = SpectrumAccumulator()
         grid: list[torch.Tensor] = []
         seconds = 0.0
@@ -105,6 +115,9 @@ class Evaluator:
         if inc is not None and self.real_inception is not None:
             fid = frechet_distance_stats(FeatureStats.of(self.real_inception), FeatureStats.of(inc))
         result = SetResult(label, kind, nfe, images_seen, metrics, seconds, source, fid)
+        result.seeds = seeds_record(seeds) if seeds is not None else None
+        if interval and self.options.bootstrap:
+            result.fd_ci = self.interval(feats).to_json()
         nfe_text = f" NFE {nfe}" if nfe is not None else ""
         self.log(
             f"{label}{nfe_text}: FD {metrics.fd:.3f}, KID {metrics.kid * 1e3:.3f}e-3, precision {metrics.precision:.3f}"
@@ -114,3 +127,8 @@ class Evaluator:
             + f" ({count} images, {seconds:.1f} s generating)"
         )
         return result, torch.cat(grid) if grid else torch.empty(0), spectrum.mean()
+
+    def interval(self, feats: torch.Tensor) -> Interval:
+        """The percentile bootstrap interval of FD against the reference, both feature sets resampled."""
+        rounds = bootstrap_rounds(self.options.bootstrap, len(self.real_features), len(feats), feats.shape[1])
+        return bootstrap_fd(self.real_features, feats, rounds=rounds, seed=0)

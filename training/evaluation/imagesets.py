@@ -33,6 +33,7 @@ class ImageSet:
     num_classes: int  # classes of the data set (0: unlabelled)
     record: dict[str, Any]  # what a report or a statistics file records about the set
     conditional: bool | None = None  # made by a class-conditional model (None: not known)
+    seeds: np.ndarray | None = None  # int64 [N] noise seeds, where the set records them (training.generate --npz)
     _dataset: ImageDataset | None = None
     _array: np.ndarray | None = None  # uint8 [N, H, W, C]
 
@@ -69,6 +70,12 @@ def read_npz_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, li
     return images, labels, names
 
 
+def read_npz_seeds(path: str | Path) -> np.ndarray | None:
+    """The ``seeds`` array of an .npz (``python -m training.generate --npz`` writes one), else None."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["seeds"].astype(np.int64) if "seeds" in f.files else None
+
+
 def open_images(path: str | Path, resolution: int | None = None, channels: int | None = None) -> ImageSet:
     """The images to score: an .npz file or a folder / .zip of images (read in sorted name order, any
     subfolders; their names are not taken as classes)."""
@@ -89,6 +96,7 @@ def open_images(path: str | Path, resolution: int | None = None, channels: int |
             num_classes,
             {"images": str(path), "count": len(images)},
             conditional=labels is not None,
+            seeds=read_npz_seeds(path),
             _array=images,
         )
     if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):

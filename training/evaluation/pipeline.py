@@ -1,5 +1,6 @@
-"""One evaluation run: every source sampled from the same seeded noise, measured against the real test set,
-the snapshot curves of fine-tune run dirs, and the report written."""
+"""One evaluation run: every source sampled from the same seeded noise (the seed range of the protocol), measured
+against the real test set, the groups of fine-tune seeds, the budget curves of fine-tune run dirs, and the report
+written."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import torch
 from training.checkpoint import load_model
 from training.datasets import FolderDataset, open_dataset
 from training.evaluation.classifier import DEFAULT_CLASSIFIER
+from training.evaluation.curves import budget_summary, group_curves, plotted_curves, snapshot_curve, teacher_images
 from training.evaluation.evaluator import Evaluator, SetResult
 from training.evaluation.features import build_extractor, choose_features, inception_features
+from training.evaluation.groups import group_table
 from training.evaluation.options import EvalOptions, Log
+from training.evaluation.protocol import describe_seeds, seeds_record
 from training.evaluation.reference import class_ordered, load_reference, other_split, real_train_set
 from training.evaluation.report import environment, summarize, write_report
 from training.evaluation.samples import balanced_labels, generator_fn
@@ -96,15 +100,16 @@ def run_evaluation(
     label_dim = sources[0].config.label_dim
     grid_idx = class_ordered(reference_labels, options.grid, label_dim)
     evaluator = Evaluator(extractor, reference, options, reference[grid_idx], inception, log)
-    n = options.num_samples
-    seeds = [options.seed + i for i in range(n)]
+    seeds = options.sample_seeds
+    n = len(seeds)
+    log(f"Samples: {n} per set from the {describe_seeds(seeds)}")
 
     results: list[SetResult] = []
     grids: list[tuple[str, torch.Tensor]] = [(f"real ({split})" if has_splits else "real", evaluator.real_grid)]
     spectra: dict[str, np.ndarray] = {"real": evaluator.real_spectrum.mean()}
 
     floor = other_split(split)
-    train_images, train_labels = real_train_set(data, data_path, resolution, channels, n, options.seed, floor)
+    train_images, train_labels = real_train_set(data, data_path, resolution, channels, n, options.floor_seed, floor)
     res, _, _ = evaluator.measure(
         f"real ({floor} split)" if has_splits else "real (a random subset)",
         "real",
@@ -124,8 +129,9 @@ def run_evaluation(
             for nfe in options.nfe:
                 fn = generator_fn(model, "denoiser", nfe, seeds, labels, options.device)
                 res, grid, spec = evaluator.measure(
-                    src.label, "teacher", fn, labels, n, nfe, src.images_seen, str(src.model_dir)
+                    src.label, "teacher", fn, labels, n, nfe, src.images_seen, str(src.model_dir), seeds
                 )
+                res.group, res.run_seed = src.group, src.run_seed
                 results.append(res)
                 grids.append((f"{src.label}, Heun NFE {nfe}", grid))
                 if nfe == max(options.nfe):
@@ -133,15 +139,25 @@ def run_evaluation(
         else:
             fn = generator_fn(model, "generator", 1, seeds, labels, options.device)
             res, grid, spec = evaluator.measure(
-                src.label, "one-step", fn, labels, n, 1, src.images_seen, str(src.model_dir)
+                src.label, "one-step", fn, labels, n, 1, src.images_seen, str(src.model_dir), seeds
             )
+            res.group, res.run_seed = src.group, src.run_seed
             results.append(res)
             grids.append((f"{src.label}, 1 step", grid))
             spectra[f"{src.label} (1 step)"] = spec
             if options.curve and len(src.snapshots) > 1:
                 curves[src.label] = snapshot_curve(src, evaluator, options, final=res, log=log)
 
-    summary = summarize(results)
+    groups = group_table(results)
+    summary = summarize(results, groups)
+    members: dict[str, list[str]] = {}
+    for src in sources:
+        if src.group is not None:
+            members.setdefault(src.group, []).append(src.label)
+    plotted = plotted_curves(curves, members, group_curves(curves, members))
+    pretrain = next((t for t in map(teacher_images, sources) if t), None) or summary.get("teacher_best", {}).get(
+        "images_seen"
+    )
     metrics: dict[str, Any] = {
         "metric_name": metric_name,
         "data": data,
@@ -160,34 +176,23 @@ def run_evaluation(
         "inception": inception_path if inception is not None else None,
         "options": asdict(options),
         "reference_images": len(reference),
+        "seeds": seeds_record(seeds),
+        "bootstrap": {"rounds": options.bootstrap, "level": 0.95, "seed": 0} if options.bootstrap else None,
         "results": [r.row() for r in results],
+        "groups": groups,
         "curves": curves,
+        "budget": {
+            "seeds": seeds_record(options.curve_seeds) if curves else None,
+            "teacher_images": pretrain,
+            "teacher": summary.get("teacher_best"),
+            "curves": plotted,
+            "crossings": budget_summary(plotted, summary.get("teacher_best")),
+        },
         "spectra": {k: v.tolist() for k, v in spectra.items()},
         "summary": summary,
         "environment": environment(options.device),
         "wall_seconds": round(time.time() - t_start, 1),
     }
-    write_report(out, metrics, results, grids, spectra, curves)
+    write_report(out, metrics, results, grids, spectra)
     log(f"Wrote {out / 'report.md'}, {out / 'metrics.json'} and plots ({metrics['wall_seconds']:.0f} s)")
     return metrics
-
-
-def snapshot_curve(
-    src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, log: Log
-) -> list[dict[str, Any]]:
-    """FD (and the other metrics) of every snapshot of a fine-tune run dir, against fine-tune images seen."""
-    count = options.curve_samples or options.num_samples
-    seeds = [options.seed + i for i in range(count)]
-    points = []
-    for images_seen, model_dir in src.snapshots:
-        if model_dir == src.model_dir and count == options.num_samples:
-            res = final  # already measured with the same noise
-        else:
-            model = load_model(model_dir, device=options.device)
-            labels = balanced_labels(count, model.label_dim)
-            fn = generator_fn(model, "generator", 1, seeds, labels, options.device)
-            res, _, _ = evaluator.measure(
-                f"{src.label} @ {images_seen / 1000:g} kimg", "one-step", fn, labels, count, 1, images_seen
-            )
-        points.append({"images_seen": images_seen, "snapshot": model_dir.name, **asdict(res.metrics)})
-    return points

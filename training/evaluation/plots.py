@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -116,24 +117,47 @@ def spectra(curves: dict[str, np.ndarray], path: Path, reference: str | None = N
 
 
 def fd_vs_images(
-    curves: dict[str, list[tuple[int, float]]],
+    curves: dict[str, list[dict[str, Any]]],
     path: Path,
-    baselines: dict[str, float] | None = None,
+    teacher: dict[str, Any] | None = None,
+    teacher_images: int | None = None,
+    crossings: dict[str, dict[str, Any]] | None = None,
     metric_name: str = "FD",
 ) -> None:
-    """FD of each fine-tune run's snapshots against the fine-tune images seen, with horizontal baselines."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves.items():
-        points = sorted(points)
-        ax.plot([p[0] / 1000 for p in points], [p[1] for p in points], marker="o", label=label)
-    for label, value in (baselines or {}).items():
-        ax.axhline(value, ls="--", lw=0.9, color="gray")
-        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
-    ax.set_yscale("log")
-    ax.set_xlabel("fine-tune images seen (thousands)")
-    ax.set_ylabel(metric_name)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    """The budget curve: FD (left) and recall (right) of each fine-tune run's snapshots against the fine-tune
+    images seen (a top axis in % of the teacher's pre-training images), error bars where a point is a mean over
+    seeds, the teacher's best FD at any NFE (and its recall there) as a horizontal line, and each curve's
+    crossing of that line marked."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, points) in enumerate(curves.items()):
+        points = sorted(points, key=lambda p: p["images_seen"])
+        x = [p["images_seen"] / 1000 for p in points]
+        marker = MARKERS[i % len(MARKERS)]
+        fd_err = [p["fd_sd"] for p in points] if "fd_sd" in points[0] else None
+        bars = ax1.errorbar(x, [p["fd"] for p in points], yerr=fd_err, marker=marker, capsize=3, label=label)
+        color = bars[0].get_color()
+        recall_err = [p["recall_sd"] for p in points] if "recall_sd" in points[0] else None
+        ax2.errorbar(x, [p["recall"] for p in points], yerr=recall_err, marker=marker, capsize=3, color=color,
+                     label=label)  # fmt: skip
+        c = (crossings or {}).get(label)
+        if c and c["crosses"]:
+            ax1.scatter([c["images_seen"] / 1000], [c["fd"]], marker="X", s=140, color=color, zorder=4,
+                        edgecolors="black", label=f"{label} reaches the teacher")  # fmt: skip
+    if teacher:
+        text = f"teacher best ({teacher['label']}, NFE {teacher['nfe']})"
+        ax1.axhline(teacher["fd"], ls="--", lw=1, color="gray", label=text)
+        ax2.axhline(teacher["recall"], ls="--", lw=1, color="gray", label=text)
+    for ax, ylabel in ((ax1, metric_name), (ax2, "recall")):
+        ax.set_xlabel("fine-tune images seen (thousands)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        if teacher_images:
+            top = ax.secondary_xaxis(
+                "top", functions=(lambda k: k * 1e5 / teacher_images, lambda q: q * teacher_images / 1e5)
+            )
+            top.set_xlabel("% of the teacher's pre-training images")
+    ax1.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -13,36 +13,69 @@ import torch
 
 from training.evaluation import plots
 from training.evaluation.evaluator import SetResult
+from training.evaluation.groups import mean_of
 
 
-def summarize(results: Sequence[SetResult]) -> dict[str, Any]:
-    """The claims of the paper in numbers: best teacher FD (and its NFE) against each one-step generator."""
-    teachers = [r for r in results if r.kind == "teacher"]
-    one_step = [r for r in results if r.kind == "one-step"]
+def summarize(results: Sequence[SetResult], groups: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The claims of the paper in numbers: best teacher FD (and its NFE) against each one-step generator.
+
+    A group of fine-tune seeds counts as one entry with its mean over the seeds (its sd and per-seed figures
+    beside it), never its best seed: the teacher's best is the best NFE of a teacher (group mean), and each
+    one-step variant is compared with it by its mean.
+    """
+    units = [_unit(r) for r in results if r.group is None] + [_group_unit(g) for g in groups]
+    teachers = [u for u in units if u["kind"] == "teacher"]
+    one_step = [u for u in units if u["kind"] == "one-step"]
     out: dict[str, Any] = {}
     real = [r for r in results if r.kind == "real"]
     if real:
         out["real_fd_floor"] = real[0].metrics.fd
     if teachers:
-        best = min(teachers, key=lambda r: r.metrics.fd)
-        out["teacher_best"] = {"label": best.label, "nfe": best.nfe, "fd": best.metrics.fd}
-        if best.images_seen:
-            out["teacher_best"]["images_seen"] = best.images_seen
-        accs = [r.metrics.class_accuracy for r in teachers if r.metrics.class_accuracy is not None]
+        best = min(teachers, key=lambda u: u["fd"])
+        out["teacher_best"] = {k: best[k] for k in ("label", "nfe", "fd", "recall", "class_accuracy")}
+        if best["images_seen"]:
+            out["teacher_best"]["images_seen"] = best["images_seen"]
+        accs = [u["class_accuracy"] for u in teachers if u["class_accuracy"] is not None]
         if accs:
             out["teacher_best_class_accuracy"] = max(accs)
     out["one_step"] = {}
-    for r in one_step:
-        entry: dict[str, Any] = {"fd": r.metrics.fd, "class_accuracy": r.metrics.class_accuracy}
+    for u in one_step:
+        entry: dict[str, Any] = {k: u[k] for k in ("fd", "recall", "class_accuracy")}
+        if "seeds" in u:
+            entry.update(fd_sd=u["fd_sd"], fine_tune_seeds=u["seeds"], per_seed_fd=u["per_seed_fd"])
         if teachers:
-            entry["fd_minus_teacher_best"] = r.metrics.fd - out["teacher_best"]["fd"]
-            entry["beats_teacher_best"] = r.metrics.fd <= out["teacher_best"]["fd"]
-            teacher_images = out["teacher_best"].get("images_seen")
-            if teacher_images and r.images_seen:
-                entry["images_seen"] = r.images_seen
-                entry["fraction_of_teacher_images"] = r.images_seen / teacher_images
-        out["one_step"][r.label] = entry
+            tb = out["teacher_best"]
+            entry["fd_minus_teacher_best"] = u["fd"] - tb["fd"]
+            entry["beats_teacher_best"] = u["fd"] <= tb["fd"]
+            entry["recall_minus_teacher_best"] = u["recall"] - tb["recall"]
+            teacher_images = tb.get("images_seen")
+            if teacher_images and u["images_seen"]:
+                entry["images_seen"] = u["images_seen"]
+                entry["fraction_of_teacher_images"] = u["images_seen"] / teacher_images
+        out["one_step"][u["label"]] = entry
     return out
+
+
+def _unit(r: SetResult) -> dict[str, Any]:
+    m = r.metrics
+    return {"label": r.label, "kind": r.kind, "nfe": r.nfe, "images_seen": r.images_seen, "fd": m.fd,
+            "recall": m.recall, "class_accuracy": m.class_accuracy}  # fmt: skip
+
+
+def _group_unit(g: dict[str, Any]) -> dict[str, Any]:
+    seen = {x for x in g["images_seen"] if x}
+    return {
+        "label": g["group"],
+        "kind": g["kind"],
+        "nfe": g["nfe"],
+        "images_seen": seen.pop() if len(seen) == 1 else None,  # members trained on different budgets: none
+        "fd": mean_of(g, "fd"),
+        "fd_sd": g["fd"]["sd"],
+        "recall": mean_of(g, "recall"),
+        "class_accuracy": mean_of(g, "class_accuracy"),
+        "seeds": len(g["members"]),
+        "per_seed_fd": {m["label"]: m["fd"] for m in g["members"]},
+    }
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -63,8 +96,7 @@ def write_plots(
     results: Sequence[SetResult],
     grids: Sequence[tuple[str, torch.Tensor]],
     spectra: dict[str, np.ndarray],
-    curves: dict[str, list[dict[str, Any]]],
-    metric_name: str,
+    metrics: dict[str, Any],
 ) -> None:
     teachers: dict[str, list[tuple[int, float]]] = {}
     one_step: dict[str, float] = {}
@@ -74,19 +106,18 @@ def write_plots(
         elif r.kind == "one-step":
             one_step[r.label] = r.metrics.fd
     real = next((r.metrics.fd for r in results if r.kind == "real"), None)
-    plots.fd_vs_nfe(teachers, one_step, out / "fd_vs_nfe.png", real, metric_name)
+    plots.fd_vs_nfe(teachers, one_step, out / "fd_vs_nfe.png", real, metrics["metric_name"])
     plots.sample_grids([g for g in grids if len(g[1])], out / "samples.png")
     plots.spectra(spectra, out / "spectra.png", reference="real")
-    if curves:
-        baselines = {}
-        for label, points in teachers.items():
-            best = min(points, key=lambda p: p[1])
-            baselines[f"{label} best (NFE {best[0]})"] = best[1]
+    budget = metrics["budget"]
+    if budget["curves"]:
         plots.fd_vs_images(
-            {k: [(p["images_seen"], p["fd"]) for p in v] for k, v in curves.items()},
+            budget["curves"],
             out / "fd_vs_images.png",
-            baselines,
-            metric_name,
+            budget["teacher"],
+            budget["teacher_images"],
+            budget["crossings"],
+            metrics["metric_name"],
         )
 
 
@@ -103,11 +134,118 @@ def _sig(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
+def seeds_text(record: dict[str, Any] | None) -> str:
+    """``test 200000–209999``: the role and the first and last noise seed of a figure (– for real images)."""
+    if not record:
+        return "–"
+    role = record.get("role") or "outside the ranges"
+    return f"{role} {record['first']}–{record['last']}"
+
+
+def _protocol_line(m: dict[str, Any]) -> str:
+    seeds = m["seeds"]
+    role = seeds.get("role")
+    use = {
+        "test": "the range every reported figure is measured on",
+        "validation": "the range choices (snapshot, fine-tune seed, hyper-parameter) are made on; not for reporting",
+    }.get(role or "", "outside the validation and test ranges: not for choices or reporting")
+    text = (
+        f"Noise seeds: {seeds_text(seeds)} ({seeds['count']} per set; {use}); sample i of every model uses the "
+        "i-th seed, as `python -m training.generate --seeds` does."
+    )
+    boot = m.get("bootstrap")
+    if boot:
+        text += (
+            f" {name_ci(boot)}: percentile bootstrap, both the reference and the sample features resampled with "
+            f"replacement, up to {boot['rounds']} rounds (seed {boot['seed']}; the rounds each interval used are in "
+            "metrics.json, fewer only where the feature dimension makes a round costly)."
+        )
+    return text
+
+
+def name_ci(boot: dict[str, Any]) -> str:
+    return f"{round(100 * boot['level'])}% CI"
+
+
+def _ci(ci: dict[str, Any] | None) -> str:
+    return "–" if not ci else f"[{_sig(ci['low'])}, {_sig(ci['high'])}]"
+
+
+def _spread(value: dict[str, Any] | None, digits: int = 3, sig: bool = False) -> str:
+    if not value:
+        return "–"
+    if sig:
+        return f"{_sig(value['mean'])} ± {_sig(value['sd'])}"
+    return f"{value['mean']:.{digits}f} ± {value['sd']:.{digits}f}"
+
+
+def _run_seed(seed: int | None) -> str:
+    return "" if seed is None else f" (seed {seed})"
+
+
+def _groups_section(m: dict[str, Any], name: str) -> list[str]:
+    lines = [
+        "",
+        "## Mean ± sd over fine-tune seeds",
+        "",
+        "Each variant's figures as mean ± sd (sample sd) over its fine-tune seeds, with every seed's own figure; "
+        "never the best seed alone.",
+        "",
+        f"| variant | NFE | seeds | {name} | precision | recall | class accuracy | per seed ({name}) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in m["groups"]:
+        per_seed = ", ".join(f"{mem['label']}{_run_seed(mem['run_seed'])} {_sig(mem['fd'])}" for mem in g["members"])
+        lines.append(
+            f"| {g['group']} | {_fmt(g['nfe'])} | {len(g['members'])} | {_spread(g.get('fd'), sig=True)} "
+            f"| {_spread(g.get('precision'))} | {_spread(g.get('recall'))} | {_spread(g.get('class_accuracy'), 4)} "
+            f"| {per_seed} |"
+        )
+    return lines
+
+
+def _budget_section(m: dict[str, Any], name: str) -> list[str]:
+    budget = m["budget"]
+    total = budget.get("teacher_images")
+    teacher = budget.get("teacher")
+    lines = ["", "## Budget: fine-tune images against the teacher", ""]
+    text = f"Every snapshot from the {seeds_text(budget['seeds'])} seeds ({budget['seeds']['count']} per point)"
+    text += f"; the teacher was pre-trained on {total} images." if total else "."
+    if teacher:
+        text += f" Teacher's best {name} at any NFE: {_sig(teacher['fd'])} ({teacher['label']}, NFE {teacher['nfe']})."
+    lines += [text, "", f"![{name} and recall against fine-tune images seen](fd_vs_images.png)", ""]
+    for label, c in budget["crossings"].items():
+        share = f" ({100 * c['teacher_fraction']:.2f}% of the teacher's images)" if c["teacher_fraction"] else ""
+        if c["crosses"]:
+            lines.append(f"- {label}: reaches the teacher's best {name} at {c['images_seen']:.0f} images{share}.")
+        else:
+            lines.append(
+                f"- {label}: does not reach it; gap at the last point {c['gap']:+.4g} ({name} {_sig(c['fd'])} "
+                f"after {c['images_seen']:.0f} images{share})."
+            )
+    if budget["crossings"]:
+        lines.append("")
+    for label, points in m["curves"].items():
+        lines += [
+            f"### {label}",
+            "",
+            f"| images seen | % of teacher's | {name} | recall | precision | KID ×10³ |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in points:
+            share = f"{100 * p['teacher_fraction']:.2f}" if p.get("teacher_fraction") else "–"
+            lines.append(
+                f"| {p['images_seen']} | {share} | {_sig(p['fd'])} | {_fmt(p['recall'])} | {_fmt(p['precision'])} "
+                f"| {_sig(p['kid'] * 1e3)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
-    opts = m["options"]
     split = m.get("reference_split", "test")  # None: a folder, which has no splits
-    last_seed = opts["seed"] + opts["num_samples"] - 1
+    count = m["seeds"]["count"]
     split_name = f"{split} " if split else ""
     if m.get("classifier"):
         features = (
@@ -120,27 +258,29 @@ def render_report(m: dict[str, Any]) -> str:
             f"Features: {f['description']} ({f['feature_dim']}-d, needs no labels; extractor "
             f"`{f['fingerprint'][:12]}`); no class accuracy."
         )
+    ci_name = name_ci(m["bootstrap"]) if m.get("bootstrap") else "CI"
+    inception = m.get("inception")
     lines = [
         "# Evaluation report",
         "",
         f"Data: `{m['data']}` at {m['resolution']}×{m['resolution']}; reference: {m['reference_images']} "
-        f"{split_name}images. {opts['num_samples']} samples per set (seeds {opts['seed']}..{last_seed}, "
-        "classes balanced, the same noise for every model). " + features,
+        f"{split_name}images. {count} samples per set (classes balanced, the same noise for every model). " + features,
         "",
-        f"| set | sampler | NFE | training images | {name} | KID ×10³ | precision | recall | class accuracy "
-        + ("| FID " if m.get("inception") else "")
-        + "| images/s |",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if m.get("inception") else "") + "---|",
+        _protocol_line(m),
+        "",
+        f"| set | sampler | NFE | training images | seeds | {name} | {name} {ci_name} | KID ×10³ | precision | recall "
+        "| class accuracy " + ("| FID " if inception else "") + "| images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if inception else "") + "---|",
     ]
     sampler = {"real": "real images", "teacher": "Heun", "one-step": "one step"}
     for r in m["results"]:
         seen = f"{r['images_seen'] / 1e6:.3f}M" if r.get("images_seen") else "–"
         row = (
-            f"| {r['label']} | {sampler[r['kind']]} | {_fmt(r['nfe'])} | {seen} | {_sig(r['fd'])} "
-            f"| {_sig(r['kid'] * 1e3)} | {_fmt(r['precision'])} | {_fmt(r['recall'])} "
-            f"| {_fmt(r['class_accuracy'], 4)} "
+            f"| {r['label']} | {sampler[r['kind']]} | {_fmt(r['nfe'])} | {seen} | {seeds_text(r.get('seeds'))} "
+            f"| {_sig(r['fd'])} | {_ci(r.get('fd_ci'))} | {_sig(r['kid'] * 1e3)} | {_fmt(r['precision'])} "
+            f"| {_fmt(r['recall'])} | {_fmt(r['class_accuracy'], 4)} "
         )
-        if m.get("inception"):
+        if inception:
             row += f"| {_sig(r.get('fid'))} "
         row += f"| {_fmt(r['images_per_s'], 1) if r['kind'] != 'real' else '–'} |"
         lines.append(row)
@@ -150,22 +290,29 @@ def render_report(m: dict[str, Any]) -> str:
         "KID is unbiased (can be slightly negative). Class accuracy: share of samples the classifier assigns "
         "to the class they were generated for (for real images: its accuracy on them).",
     ]
+    if m.get("groups"):
+        lines += _groups_section(m, name)
     s = m["summary"]
     lines += ["", "## Summary", ""]
     if "real_fd_floor" in s:
         if split:
-            what = f"{opts['num_samples']} {'test' if split == 'train' else 'train'} images against the {split} set"
+            what = f"{count} {'test' if split == 'train' else 'train'} images against the {split} set"
         else:  # a folder: the floor's images are among the reference's, so it reads lower than a held-out set's
-            what = f"{opts['num_samples']} images drawn from the reference folder itself, a lower bound"
+            what = f"{count} images drawn from the reference folder itself, a lower bound"
         lines.append(f"- Real-vs-real floor ({what}): {name} {_sig(s['real_fd_floor'])}.")
     if "teacher_best" in s:
         tb = s["teacher_best"]
-        lines.append(f"- Best teacher: {tb['label']} at NFE {tb['nfe']}, {name} {_sig(tb['fd'])}.")
+        lines.append(
+            f"- Best teacher: {tb['label']} at NFE {tb['nfe']}, {name} {_sig(tb['fd'])}, recall {_fmt(tb['recall'])}."
+        )
     for label, e in s.get("one_step", {}).items():
         text = f"- One-step {label}: {name} {_sig(e['fd'])}"
+        if "fine_tune_seeds" in e:
+            text += f" ± {_sig(e['fd_sd'])} (mean ± sd over {e['fine_tune_seeds']} fine-tune seeds)"
         if "fd_minus_teacher_best" in e:
             verdict = "matches or beats" if e["beats_teacher_best"] else "is worse than"
             text += f" ({e['fd_minus_teacher_best']:+.4g}; {verdict} the teacher's best)"
+            text += f", recall {_fmt(e['recall'])} ({e['recall_minus_teacher_best']:+.3f} against the teacher's)"
         if "fraction_of_teacher_images" in e:
             text += (
                 f", after {e['images_seen'] / 1e6:.3f}M fine-tune images "
@@ -175,12 +322,7 @@ def render_report(m: dict[str, Any]) -> str:
     lines += ["", "## Plots", "", f"![{name} against NFE](fd_vs_nfe.png)", "", "![samples](samples.png)", ""]
     lines += ["![radially averaged power spectra](spectra.png)", ""]
     if m["curves"]:
-        lines += [f"![{name} against fine-tune images seen](fd_vs_images.png)", ""]
-        for label, points in m["curves"].items():
-            lines += [f"### {label}: {name} against fine-tune images seen", "", f"| images seen | {name} | KID ×10³ |"]
-            lines += ["|---|---|---|"]
-            lines += [f"| {p['images_seen']} | {_sig(p['fd'])} | {_sig(p['kid'] * 1e3)} |" for p in points]
-            lines.append("")
+        lines += _budget_section(m, name)
     env = m["environment"]
     lines += [
         "## Environment",
@@ -198,9 +340,8 @@ def write_report(
     results: Sequence[SetResult],
     grids: Sequence[tuple[str, torch.Tensor]],
     spectra: dict[str, np.ndarray],
-    curves: dict[str, list[dict[str, Any]]],
 ) -> None:
     """The plots, ``metrics.json`` and ``report.md`` into ``out``."""
-    write_plots(out, results, grids, spectra, curves, metrics["metric_name"])
+    write_plots(out, results, grids, spectra, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(render_report(metrics))

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.evaluation.classifier import DEFAULT_CLASSIFIER
 from training.evaluation.features import (
     FeatureChoice,
@@ -24,10 +26,21 @@ from training.evaluation.features import (
 from training.evaluation.imagesets import ImageSet, RefSpec, open_data, open_images, parse_ref
 from training.evaluation.metrics import compare
 from training.evaluation.options import Log
+from training.evaluation.protocol import (
+    DEFAULT_BOOTSTRAP_ROUNDS,
+    SEED_RANGES,
+    bootstrap_fd,
+    bootstrap_rounds,
+    describe_seeds,
+    seed_range,
+    seed_role,
+    seeds_record,
+)
 from training.evaluation.stats import DEFAULT_SUBSET, ReferenceStats, compute_reference_stats
 
 PROTOCOLS = ("default", "paper")
 PAPER_SAMPLES = 50000  # the paper's FID protocol: 50k generated images against the training set
+_TEST = SEED_RANGES["test"]
 
 
 @dataclass
@@ -40,8 +53,12 @@ class ScoreOptions:
     num_real: int | None = None  # reference images from a data set (None: all)
     device: str = "cpu"
     protocol: str = "default"
+    seeds: str | None = None  # the seed range the images must come from (None: not checked, only stated)
+    bootstrap: int = DEFAULT_BOOTSTRAP_ROUNDS  # rounds of the FD interval (0: none)
 
     def __post_init__(self) -> None:
+        if self.bootstrap != 0 and self.bootstrap < 2:
+            raise ValueError("--bootstrap takes 0 (no interval) or at least 2 rounds")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.batch < 1 or self.subset < 2:
@@ -132,6 +149,35 @@ def resolve_reference(
     return stats, extractor, choice.reason
 
 
+def images_seeds(images: ImageSet, expected: str | None = None) -> dict[str, Any] | None:
+    """What the scores state of the images' noise seeds (None where the set records none); with ``expected`` (a
+    role or a start seed), a ValueError unless they are exactly the first ``count`` seeds of that range."""
+    seeds = images.seeds
+    record = None
+    if seeds is not None and len(seeds):
+        first, last = int(seeds.min()), int(seeds.max())
+        contiguous = bool(np.array_equal(seeds, np.arange(int(seeds[0]), int(seeds[0]) + len(seeds))))
+        if contiguous:
+            record = {**seeds_record(range(first, last + 1)), "contiguous": True}
+        else:
+            role = seed_role(range(first, last + 1))
+            record = {"role": role, "first": first, "last": last, "count": len(seeds), "contiguous": False}
+    if expected is not None:
+        want = seed_range(expected, images.count)
+        if seeds is None:
+            raise ValueError(
+                f"{images.description}: records no seeds, so --seeds {expected} cannot be checked (an .npz from "
+                "python -m training.generate --npz records them)"
+            )
+        if not np.array_equal(seeds, np.arange(want.start, want.stop)):
+            got = f"seeds {record['first']}-{record['last']}" if record else "no seeds"
+            raise ValueError(
+                f"{images.description}: made from {got}, not the {describe_seeds(want)}; write them with "
+                f"python -m training.generate MODEL --seeds {want.start}-{want.stop - 1} --npz FILE"
+            )
+    return record
+
+
 def score_images(
     images: ImageSet, reference: ReferenceStats, extractor: FeatureExtractor, options: ScoreOptions, log: Log = print
 ) -> dict[str, Any]:
@@ -141,8 +187,10 @@ def score_images(
     if options.protocol == "paper" and images.count < PAPER_SAMPLES:
         raise ValueError(
             f"the paper's protocol scores {PAPER_SAMPLES} images; this set holds {images.count} (write them with "
-            f"python -m training.generate MODEL --seeds 0-{PAPER_SAMPLES - 1} --npz FILE)"
+            f"python -m training.generate MODEL --seeds {_TEST.start}-{_TEST.start + PAPER_SAMPLES - 1} --npz FILE, "
+            "the test range)"
         )
+    seeds = images_seeds(images, options.seeds)
     t0 = time.perf_counter()
     feats, logits, _ = extract_features(images.batches(options.batch), extractor, None, None)
     labels = images.labels
@@ -157,6 +205,14 @@ def score_images(
         real_stats=reference.stats,
     )
     m = asdict(metrics)
+    if options.bootstrap:
+        # A statistics file keeps the moments of all its images but only a subset of their rows: the reference
+        # is then held fixed and only the images are resampled.
+        fixed = reference.stats if reference.stats.count > len(reference.features) else None
+        real_rows = len(feats) if fixed else len(reference.features)  # fixed: one covariance per round
+        rounds = bootstrap_rounds(options.bootstrap, real_rows, len(feats), feats.shape[1])
+        ci = bootstrap_fd(reference.features, feats, rounds=rounds, seed=0, real_stats=fixed)
+        m["fd_ci"] = {**ci.to_json(), "resampled": "images" if fixed else "images and reference"}
     log(
         f"{images.description}: {extractor.metric_name} {m['fd']:.4g}, KID {m['kid'] * 1e3:.4g}e-3, "
         f"precision {m['precision']:.3f}, recall {m['recall']:.3f}"
@@ -169,6 +225,7 @@ def score_images(
         "reference": dict(reference.data),
         "features": extractor.to_json(),
         "protocol": options.protocol,
+        "seeds": seeds,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

@@ -1,7 +1,9 @@
-"""What to evaluate: a ``--model`` argument resolved to a model dir, or a run dir and its snapshot model dirs."""
+"""What to evaluate: a ``--model`` argument resolved to a model dir, or a run dir and its snapshot model dirs; or
+to a group, several dirs that are fine-tune seeds of one variant (``NAME=DIR,DIR,DIR``)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ class Source:
     config: ModelConfig
     run_dir: Path | None = None
     snapshots: list[tuple[int, Path]] = field(default_factory=list)
+    group: str | None = None  # the variant this is one fine-tune seed of
+    run_seed: int | None = None  # the fine-tune run's --seed, from its run dir's config.json
 
     @property
     def images_seen(self) -> int | None:
@@ -56,6 +60,38 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any(d.is_dir() for d in path.glob(SNAPSHOT_PREFIX + "*"))
 
 
+def run_seed(path: Path) -> int | None:
+    """The ``--seed`` a fine-tune run dir records in its config.json (for a snapshot model dir: its parent's)."""
+    for config in (path / "config.json", path.parent / "config.json"):
+        try:
+            record = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "kind" not in record and isinstance(record.get("seed"), int):
+            return record["seed"]  # a run's config (a model dir's names its kind and holds no seed)
+    return None
+
+
+def resolve_sources(spec: str) -> list[Source]:
+    """One ``--model`` argument: ``[LABEL=]PATH`` is one source; ``NAME=DIR,DIR,...`` is a group, the same
+    variant fine-tuned with different seeds, each member labelled ``NAME/DIRNAME`` and reported with the group's
+    mean and sd."""
+    name, sep, paths = spec.partition("=")
+    if not sep or Path(spec).exists() or "," not in paths:
+        return [resolve_source(spec)]
+    parts = [p for p in paths.split(",") if p.strip()]
+    if not name or len(parts) < 2:
+        raise CheckpointError(f"--model {spec}: a group is NAME=DIR,DIR[,DIR...] (at least two dirs, one name)")
+    members = [resolve_source(f"{name}/{Path(p).name}={p}") for p in parts]
+    if len({m.label for m in members}) < len(members):
+        raise CheckpointError(f"--model {spec}: two members share a dir name; name each dir differently")
+    if len({m.kind for m in members}) > 1:
+        raise CheckpointError(f"--model {spec}: a group mixes generators and denoisers")
+    for m in members:
+        m.group = name
+    return members
+
+
 def resolve_source(spec: str) -> Source:
     """``PATH`` or ``LABEL=PATH``; PATH is a model dir or a run dir with snapshot model dirs."""
     label, path_text = None, spec
@@ -82,4 +118,5 @@ def resolve_source(spec: str) -> Source:
         config=config,
         run_dir=run_dir,
         snapshots=snapshots,
+        run_seed=run_seed(path),
     )

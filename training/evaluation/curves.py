@@ -1,0 +1,108 @@
+"""The budget curve: FD and recall of a fine-tune run's ``network-snapshot-*`` model dirs against fine-tune images
+seen, also as a share of the teacher's pre-training images, and where the curve crosses the teacher's best FD at
+any NFE (or the gap at its last point)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from training.checkpoint import load_model
+from training.evaluation.evaluator import Evaluator, SetResult
+from training.evaluation.options import EvalOptions, Log
+from training.evaluation.protocol import mean_sd
+from training.evaluation.samples import balanced_labels, generator_fn
+from training.evaluation.sources import Source
+
+
+def teacher_images(src: Source) -> int | None:
+    """The pre-training images of the teacher a fine-tune started from, as its config records them."""
+    record = (src.config.training or {}).get("teacher")
+    value = record.get("images_seen") if isinstance(record, Mapping) else None
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def snapshot_curve(
+    src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, log: Log
+) -> list[dict[str, Any]]:
+    """The metrics of every snapshot of a fine-tune run dir against fine-tune images seen, all from the first
+    ``curve_samples`` seeds of the run's seed range (no bootstrap interval: a curve point is not a headline)."""
+    seeds = options.curve_seeds
+    count = len(seeds)
+    total = teacher_images(src)
+    points = []
+    for images_seen, model_dir in src.snapshots:
+        if model_dir == src.model_dir and count == options.num_samples:
+            res = final  # already measured with the same noise
+        else:
+            model = load_model(model_dir, device=options.device)
+            labels = balanced_labels(count, model.label_dim)
+            fn = generator_fn(model, "generator", 1, seeds, labels, options.device)
+            res, _, _ = evaluator.measure(
+                f"{src.label} @ {images_seen / 1000:g} kimg", "one-step", fn, labels, count, 1, images_seen,
+                seeds=seeds, interval=False,
+            )  # fmt: skip
+        point = {"images_seen": images_seen, "snapshot": model_dir.name, **asdict(res.metrics)}
+        point["teacher_fraction"] = images_seen / total if total else None
+        points.append(point)
+    return points
+
+
+def group_curves(curves: Mapping[str, list[dict[str, Any]]], groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Mean ± sd of FD and recall over a group's members at the images-seen points they all share; a group whose
+    members lack a curve or share no point gets none."""
+    out: dict[str, Any] = {}
+    for name, labels in groups.items():
+        if not labels or any(label not in curves for label in labels):
+            continue
+        by_member = [{p["images_seen"]: p for p in curves[label]} for label in labels]
+        common = sorted(set.intersection(*(set(m) for m in by_member)))
+        points = []
+        for x in common:
+            fd = mean_sd([m[x]["fd"] for m in by_member])
+            recall = mean_sd([m[x]["recall"] for m in by_member])
+            fraction = by_member[0][x].get("teacher_fraction")
+            points.append({"images_seen": x, "fd": fd.mean, "fd_sd": fd.sd, "recall": recall.mean,
+                           "recall_sd": recall.sd, "teacher_fraction": fraction, "count": fd.count})  # fmt: skip
+        if points:
+            out[name] = points
+    return out
+
+
+def crossing(points: Sequence[Mapping[str, Any]], target: float) -> dict[str, Any]:
+    """Where FD first reaches ``target`` (the teacher's best), linearly interpolated between snapshots; where it
+    never does, the gap (FD - target) at the last point."""
+    pts = sorted((p["images_seen"], p["fd"], p.get("teacher_fraction")) for p in points)
+    if not pts:
+        raise ValueError("a curve without points")
+    prev = None
+    for x, y, frac in pts:
+        if y <= target:
+            at = float(x)
+            if prev is not None and prev[1] > y:
+                at = prev[0] + (prev[1] - target) / (prev[1] - y) * (x - prev[0])
+            share = at * frac / x if frac and x else None
+            return {"crosses": True, "images_seen": at, "teacher_fraction": share, "fd": target}
+        prev = (x, y)
+    x, y, frac = pts[-1]
+    return {"crosses": False, "images_seen": float(x), "teacher_fraction": frac, "fd": y, "gap": y - target}
+
+
+def budget_summary(
+    curves: Mapping[str, list[dict[str, Any]]], teacher: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """For each plotted curve: its crossing of the teacher's best FD, or its gap at the last point."""
+    if not teacher:
+        return {}
+    return {label: crossing(points, teacher["fd"]) for label, points in curves.items() if points}
+
+
+def plotted_curves(
+    curves: Mapping[str, list[dict[str, Any]]], groups: Mapping[str, Sequence[str]], means: Mapping[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """The curves of the budget plot: a group's mean curve in place of its members', every other run's own."""
+    grouped = {label for name in means for label in groups[name]}
+    out = {label: points for label, points in curves.items() if label not in grouped}
+    out.update({f"{name} (mean of {len(groups[name])} seeds)": points for name, points in means.items()})
+    return out
