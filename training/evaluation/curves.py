@@ -10,7 +10,7 @@ from typing import Any
 
 from training.checkpoint import load_model
 from training.evaluation.evaluator import Evaluator, SetResult
-from training.evaluation.options import EvalOptions, Log
+from training.evaluation.options import EvalOptions
 from training.evaluation.protocol import mean_sd
 from training.evaluation.samples import balanced_labels, generator_fn
 from training.evaluation.sources import Source
@@ -24,13 +24,14 @@ def teacher_images(src: Source) -> int | None:
 
 
 def snapshot_curve(
-    src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, log: Log
+    src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, total: int | None = None
 ) -> list[dict[str, Any]]:
     """The metrics of every snapshot of a fine-tune run dir against fine-tune images seen, all from the first
-    ``curve_samples`` seeds of the run's seed range (no bootstrap interval: a curve point is not a headline)."""
+    ``curve_samples`` seeds of the run's seed range (no bootstrap interval: a curve point is not a headline).
+    ``total``: the teacher's pre-training images, where the run's config records none."""
     seeds = options.curve_seeds
     count = len(seeds)
-    total = teacher_images(src)
+    total = teacher_images(src) or total
     points = []
     for images_seen, model_dir in src.snapshots:
         if model_dir == src.model_dir and count == options.num_samples:

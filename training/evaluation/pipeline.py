@@ -121,6 +121,7 @@ def run_evaluation(
     results.append(res)
 
     curves: dict[str, list[dict[str, Any]]] = {}
+    evaluated_teacher = next((s.images_seen for s in sources if s.kind == "denoiser" and s.images_seen), None)
     for src in sources:
         model = load_model(src.model_dir, device=options.device)
         label_dim = model.label_dim
@@ -146,7 +147,7 @@ def run_evaluation(
             grids.append((f"{src.label}, 1 step", grid))
             spectra[f"{src.label} (1 step)"] = spec
             if options.curve and len(src.snapshots) > 1:
-                curves[src.label] = snapshot_curve(src, evaluator, options, final=res, log=log)
+                curves[src.label] = snapshot_curve(src, evaluator, options, res, evaluated_teacher)
 
     groups = group_table(results)
     summary = summarize(results, groups)
@@ -155,9 +156,7 @@ def run_evaluation(
         if src.group is not None:
             members.setdefault(src.group, []).append(src.label)
     plotted = plotted_curves(curves, members, group_curves(curves, members))
-    pretrain = next((t for t in map(teacher_images, sources) if t), None) or summary.get("teacher_best", {}).get(
-        "images_seen"
-    )
+    pretrain = next((t for t in map(teacher_images, sources) if t), None) or evaluated_teacher
     metrics: dict[str, Any] = {
         "metric_name": metric_name,
         "data": data,

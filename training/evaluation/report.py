@@ -156,9 +156,10 @@ def _protocol_line(m: dict[str, Any]) -> str:
     boot = m.get("bootstrap")
     if boot:
         text += (
-            f" {name_ci(boot)}: percentile bootstrap, both the reference and the sample features resampled with "
-            f"replacement, up to {boot['rounds']} rounds (seed {boot['seed']}; the rounds each interval used are in "
-            "metrics.json, fewer only where the feature dimension makes a round costly)."
+            f" {name_ci(boot)} of {m['metric_name']}: percentile bootstrap over both the reference and the sample "
+            f"features (resampled with replacement, up to {boot['rounds']} rounds, seed {boot['seed']}), recentred "
+            "on the point estimate (resampling repeats rows, which inflates FD); the rounds each interval used are "
+            "in metrics.json."
         )
     return text
 

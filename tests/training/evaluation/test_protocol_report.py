@@ -1,0 +1,187 @@
+"""The protocol through ``python -m training.evaluate``: seed ranges by role (the same pixels as
+``training.generate``), the range of every figure in the report, bootstrap intervals of FD, mean ± sd over
+fine-tune seeds, the budget curve, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.evaluation.helpers import CLASSES, denoiser, make_models, training_extra
+from training.checkpoint import save_model
+from training.evaluate import main
+from training.evaluation import pipeline
+from training.evaluation.curves import crossing, group_curves
+from training.generate import main as generate
+from training.images import to_uint8
+from training.precond import D2OPrecond, OneStepGenerator
+
+FAST = ["--kid-subsets", "3", "--kid-subset-size", "8", "--batch", "8", "--device", "cpu", "--bootstrap", "20"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocol")
+    m = make_models(root)
+    # Three fine-tune seeds of one variant: run dirs whose config.json records --seed, one snapshot each.
+    seeds = []
+    for seed in (0, 1, 2):
+        run = root / "runs" / f"0001{seed}-tiny-s{seed}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"seed": seed, "desc": f"tiny-s{seed}"}))
+        save_model(
+            OneStepGenerator(denoiser(D2OPrecond, 10 + seed)),
+            run / "network-snapshot-000002",
+            class_names=CLASSES,
+            extra=training_extra("finetune", 2048),
+        )
+        seeds.append(run)
+    m["seeds"] = seeds
+    return m
+
+
+def report(models, out, *args: str) -> dict:
+    rc = main(["--classifier", str(models["classifier"]), "--out", str(out), *FAST, *args])
+    assert rc == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_test_range_gives_the_pixels_of_training_generate(models, tmp_path, monkeypatch):
+    made: list[tuple[list[int], torch.Tensor]] = []
+    original = pipeline.generator_fn
+
+    def recording(model, kind, nfe, seeds, labels, device):
+        fn = original(model, kind, nfe, seeds, labels, device)
+
+        def generate_images(start: int, stop: int) -> torch.Tensor:
+            images = fn(start, stop)
+            made.append((list(seeds[start:stop]), images))
+            return images
+
+        return generate_images
+
+    monkeypatch.setattr(pipeline, "generator_fn", recording)
+    m = report(models, tmp_path / "r", "--model", str(models["generator"]), "--num-samples", "8", "--seeds", "test")
+    first = [seeds for seeds, _ in made]
+    assert first == [list(range(200_000, 200_008))]
+    assert m["seeds"] == {"role": "test", "first": 200_000, "last": 200_007, "count": 8}
+    rows = {r["label"]: r for r in m["results"]}
+    assert rows["gen"]["seeds"] == m["seeds"] and rows["real (train split)"]["seeds"] is None
+    # Sample 3 is seed 200003 of class 3 (classes run 0, 1, ..): training.generate gives the same pixels.
+    npz = tmp_path / "one.npz"
+    assert generate([str(models["generator"]), "--seeds", "200003", "--class", "3", "--npz", str(npz),
+                     "--no-progress"]) == 0  # fmt: skip
+    with np.load(npz) as f:
+        theirs = f["images"][0].astype(int)
+    ours = to_uint8(made[0][1][3:4])[0].astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "test 200000–200007" in text and "the range every reported figure is measured on" in text
+
+
+def test_validation_and_start_seeds_are_named(models, tmp_path):
+    m = report(models, tmp_path / "v", "--model", str(models["generator"]), "--num-samples", "6", "--seeds",
+               "validation")  # fmt: skip
+    assert m["seeds"] == {"role": "validation", "first": 100_000, "last": 100_005, "count": 6}
+    assert "not for reporting" in (tmp_path / "v" / "report.md").read_text()
+    m = report(models, tmp_path / "s", "--model", str(models["generator"]), "--num-samples", "6", "--seeds", "7")
+    assert m["seeds"] == {"role": None, "first": 7, "last": 12, "count": 6}
+    assert "outside the ranges 7–12" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_bootstrap_interval_holds_the_point_estimate(models, tmp_path):
+    m = report(models, tmp_path / "b", "--model", f"teacher={models['teacher']}", "--model", str(models["generator"]),
+               "--num-samples", "16", "--nfe", "1")  # fmt: skip
+    assert m["bootstrap"]["rounds"] == 20
+    for r in m["results"]:
+        ci = r["fd_ci"]
+        assert ci["rounds"] == 20 and ci["level"] == 0.95
+        assert ci["low"] <= r["fd"] <= ci["high"] and ci["low"] < ci["high"]
+    text = (tmp_path / "b" / "report.md").read_text()
+    assert "95% CI" in text and "percentile bootstrap" in text
+    gen = next(r for r in m["results"] if r["label"] == "gen")
+    assert f"[{gen['fd_ci']['low']:.4g}, {gen['fd_ci']['high']:.4g}]" in text
+    # --bootstrap 0: no interval.
+    m = report(models, tmp_path / "n", "--model", str(models["generator"]), "--num-samples", "8", "--bootstrap", "0")
+    assert m["bootstrap"] is None and all(r["fd_ci"] is None for r in m["results"])
+
+
+def test_group_reports_mean_and_sd_over_fine_tune_seeds(models, tmp_path):
+    group = "d2o-f=" + ",".join(str(r) for r in models["seeds"])
+    m = report(models, tmp_path / "g", "--model", f"teacher={models['teacher']}", "--model", group,
+               "--num-samples", "12", "--nfe", "1")  # fmt: skip
+    members = [r for r in m["results"] if r.get("group") == "d2o-f"]
+    assert [r["run_seed"] for r in members] == [0, 1, 2]
+    (g,) = m["groups"]
+    assert g["group"] == "d2o-f" and len(g["members"]) == 3
+    for key in ("fd", "precision", "recall", "class_accuracy"):
+        values = [r[key] for r in members]
+        assert g[key]["mean"] == pytest.approx(np.mean(values))
+        assert g[key]["sd"] == pytest.approx(np.std(values, ddof=1))
+    # The summary compares the variant's mean with the teacher, never a member alone.
+    assert set(m["summary"]["one_step"]) == {"d2o-f"}
+    entry = m["summary"]["one_step"]["d2o-f"]
+    assert entry["fd"] == pytest.approx(g["fd"]["mean"]) and entry["fine_tune_seeds"] == 3
+    text = (tmp_path / "g" / "report.md").read_text()
+    assert "## Mean ± sd over fine-tune seeds" in text
+    for r in members:
+        assert f"{r['label']} (seed {r['run_seed']}) {r['fd']:.4g}" in text
+
+
+def test_budget_curve_has_a_point_per_snapshot(models, tmp_path):
+    m = report(models, tmp_path / "c", "--model", f"teacher={models['teacher']}", "--model",
+               f"d2o-f={models['run']}", "--num-samples", "8", "--curve-samples", "6", "--nfe", "1,3")  # fmt: skip
+    points = m["curves"]["d2o-f"]
+    assert [p["images_seen"] for p in points] == [48, 2048]
+    # The helpers' teacher saw 1000 images: the share of the teacher's images is stated for every point.
+    assert [p["teacher_fraction"] for p in points] == [0.048, 2.048]
+    budget = m["budget"]
+    assert budget["seeds"] == {"role": "test", "first": 200_000, "last": 200_005, "count": 6}
+    assert budget["teacher_images"] == 1000 and budget["teacher"]["fd"] == m["summary"]["teacher_best"]["fd"]
+    c = budget["crossings"]["d2o-f"]
+    assert c == crossing(points, budget["teacher"]["fd"])
+    text = (tmp_path / "c" / "report.md").read_text()
+    assert "## Budget" in text and "test 200000–200005" in text and "% of teacher's" in text
+    assert ("reaches the teacher's best" in text) == c["crosses"]
+    assert (tmp_path / "c" / "fd_vs_images.png").stat().st_size > 0
+
+
+def test_crossing_and_group_curves():
+    points = [
+        {"images_seen": 1000, "fd": 3.0, "teacher_fraction": 0.01},
+        {"images_seen": 3000, "fd": 1.0, "teacher_fraction": 0.03},
+    ]
+    c = crossing(points, 2.0)
+    assert c["crosses"] and c["images_seen"] == pytest.approx(2000) and c["teacher_fraction"] == pytest.approx(0.02)
+    c = crossing(points, 0.5)
+    assert not c["crosses"] and c["gap"] == pytest.approx(0.5) and c["images_seen"] == 3000
+    assert crossing(points, 5.0)["images_seen"] == 1000
+    curves = {
+        "a": [{"images_seen": 1, "fd": 1.0, "recall": 0.5}, {"images_seen": 2, "fd": 2.0, "recall": 0.6}],
+        "b": [{"images_seen": 1, "fd": 3.0, "recall": 0.7}],
+    }
+    (point,) = group_curves(curves, {"g": ["a", "b"]})["g"]
+    assert point["fd"] == 2.0 and point["fd_sd"] == pytest.approx(np.std([1.0, 3.0], ddof=1)) and point["count"] == 2
+
+
+def test_clear_refusals(models, tmp_path, capsys):
+    base = ["--model", str(models["generator"]), "--classifier", str(models["classifier"]), "--out", str(tmp_path)]
+    assert main([*base, "--num-samples", "50001"]) == 2
+    assert "test range holds 50000 seeds" in capsys.readouterr().err
+    assert main([*base, "--seeds", "validation", "--num-samples", "60000"]) == 2
+    assert "validation range holds 50000" in capsys.readouterr().err
+    assert main([*base, "--seeds", "train"]) == 2
+    assert "unknown seed range 'train'" in capsys.readouterr().err
+    assert main([*base, "--curve-samples", "50001"]) == 2
+    assert "holds 50000" in capsys.readouterr().err
+    assert main([*base, "--bootstrap", "1"]) == 2
+    assert "--bootstrap" in capsys.readouterr().err
+    lone = f"g={models['seeds'][0]},"
+    assert main(["--model", lone, "--out", str(tmp_path)]) == 2
+    assert "at least two dirs" in capsys.readouterr().err
+    mixed = f"g={models['teacher']},{models['generator']}"
+    assert main(["--model", mixed, "--out", str(tmp_path)]) == 2
+    assert "mixes generators and denoisers" in capsys.readouterr().err
