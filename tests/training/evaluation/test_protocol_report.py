@@ -185,3 +185,19 @@ def test_clear_refusals(models, tmp_path, capsys):
     mixed = f"g={models['teacher']},{models['generator']}"
     assert main(["--model", mixed, "--out", str(tmp_path)]) == 2
     assert "mixes generators and denoisers" in capsys.readouterr().err
+
+
+def test_score_states_and_checks_the_seeds(models, tmp_path, capsys):
+    npz = tmp_path / "test.npz"
+    assert generate([str(models["generator"]), "--seeds", "200000-200019", "--npz", str(npz), "--no-progress"]) == 0
+    score = ["score", "--images", str(npz), "--ref", "synthetic:64", "--classifier", str(models["classifier"])]
+    score += ["--kid-subsets", "3", "--kid-subset-size", "8", "--bootstrap", "20", "--out", str(tmp_path / "s.json")]
+    assert main([*score, "--seeds", "test"]) == 0
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["seeds"] == {"role": "test", "first": 200_000, "last": 200_019, "count": 20, "contiguous": True}
+    ci = result["fd_ci"]
+    assert ci["rounds"] == 20 and ci["low"] <= result["fd"] <= ci["high"]
+    capsys.readouterr()
+    assert main([*score, "--seeds", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert "seeds 200000-200019, not the validation range" in err and "--seeds 100000-100019" in err
