@@ -39,25 +39,36 @@ def graph_metadata(path: Path) -> dict[str, str]:
         return dict(session.get_modelmeta().custom_metadata_map)
 
 
+def _why_stale(path: Path, model_dir: Path) -> str | None:
+    """None when ``path`` is an export of ``model_dir``'s current config and weights, else why it is not."""
+    from exporters.onnx import export_is_current
+
+    if not path.is_file():
+        return "missing"
+    try:
+        return export_is_current(graph_metadata(path), model_dir)
+    except Exception as e:  # unreadable or truncated: export again
+        return f"unreadable ({type(e).__name__}: {e})"
+
+
 def cached_onnx(model_dir: Path) -> Path:
     """``model_dir/model.onnx``, exported (again) unless it exists and matches the model dir's config and weights.
 
-    A model dir this process cannot write to gets its export in the temporary folder, named by the weights' hash.
+    A current export is served from a read-only model dir too (an image's models, exported at build time); a model
+    dir this process cannot write to gets a new export in the temporary folder, named by the weights' hash.
     """
-    from exporters.onnx import export_is_current, export_onnx
+    from exporters.onnx import export_onnx
     from training.checkpoint import file_sha256, read_model_config
 
     path = model_dir / ONNX_NAME
+    why = _why_stale(path, model_dir)
+    if why is None:
+        return path
     if not os.access(model_dir, os.W_OK):
         sha = file_sha256(model_dir / read_model_config(model_dir).weights)[:16]
         path = Path(tempfile.gettempdir()) / "onestep-onnx" / f"{model_dir.name}-{sha}.onnx"
         log.warning("%s is read-only: the ONNX export is cached at %s", model_dir, path)
-    why: str | None = "missing"
-    if path.is_file():
-        try:
-            why = export_is_current(graph_metadata(path), model_dir)
-        except Exception as e:  # unreadable or truncated: export again
-            why = f"unreadable ({type(e).__name__}: {e})"
+        why = _why_stale(path, model_dir)
         if why is None:
             return path
     log.info("%s: exporting (%s)", path, why)
