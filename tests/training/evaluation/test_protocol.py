@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from training.evaluation.metrics import FeatureStats, frechet_distance_stats
-from training.evaluation.protocol import SEED_RANGES, bootstrap_fd, describe_seeds, mean_sd, seed_range
+from training.evaluation.protocol import (
+    MIN_BOOTSTRAP_ROUNDS,
+    SEED_RANGES,
+    _fd_rows,
+    _float64,
+    bootstrap_fd,
+    bootstrap_rounds,
+    describe_seeds,
+    mean_sd,
+    seed_range,
+)
 from training.images import GRID_SEED
 
 
@@ -51,3 +61,20 @@ def test_mean_sd_over_seeds() -> None:
     assert mean_sd([1.0]).sd == 0.0 and "n=3" in str(s)
     with pytest.raises(ValueError):
         mean_sd([])
+
+
+@pytest.mark.parametrize("rows", [(30, 40), (600, 500)])
+def test_bootstrap_fd_equals_frechet_distance_both_ways(rows) -> None:
+    """The bootstrap's FD (through the rows when they are fewer than the dimensions, else through a Cholesky
+    factor) is the metrics module's."""
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(rows[0], 64)), rng.normal(loc=0.2, scale=1.1, size=(rows[1], 64))
+    expected = frechet_distance_stats(FeatureStats.of(real), FeatureStats.of(fake))
+    assert _fd_rows(_float64(real), _float64(fake)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_bootstrap_rounds_are_bounded_by_their_cost() -> None:
+    assert bootstrap_rounds(200, 10_000, 10_000, 128) == 200
+    assert bootstrap_rounds(200, 10_000, 10_000, 2048) == MIN_BOOTSTRAP_ROUNDS
+    assert bootstrap_rounds(5, 10_000, 10_000, 2048) == 5
+    assert bootstrap_rounds(200, 10_000, 10_000, 256) < 200
