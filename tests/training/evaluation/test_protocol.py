@@ -70,7 +70,7 @@ def test_bootstrap_fd_equals_frechet_distance_both_ways(rows) -> None:
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(rows[0], 64)), rng.normal(loc=0.2, scale=1.1, size=(rows[1], 64))
     expected = frechet_distance_stats(FeatureStats.of(real), FeatureStats.of(fake))
-    assert _fd_rows(_float64(real), _float64(fake)) == pytest.approx(expected, rel=1e-9)
+    assert _fd_rows(_float64(real), _float64(fake)) == pytest.approx(expected, rel=1e-6)  # singular S1: sqrt eps
 
 
 def test_bootstrap_rounds_are_bounded_by_their_cost() -> None:
