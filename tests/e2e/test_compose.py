@@ -181,13 +181,15 @@ def test_image_is_lean_cpu_only_and_has_a_healthcheck(stack: Stack):
     measure(stack, "image_bytes", size)
     assert size <= MAX_IMAGE_BYTES, f"image is {size / 1e9:.2f} GB, over 1.5 GB"
     config = image["Config"]
-    assert config.get("Healthcheck", {}).get("Test"), "HEALTHCHECK missing (OCI format? build with --format docker)"
-    assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
+    health = config.get("Healthcheck") or image.get("Healthcheck") or {}  # docker: under Config; podman: top level
+    assert health.get("Test"), "HEALTHCHECK missing (OCI format? build with --format docker)"
+    assert "/healthz" in " ".join(health["Test"])
     assert config["User"].split(":")[0] not in ("", "0", "root")
     probe = run_in_image(stack, "python", "-c", (
         "import importlib.util as u, importlib.metadata as m, torch, onnxruntime;"
         "print(torch.__version__, torch.version.cuda, onnxruntime.__version__);"
-        "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('nvidia')));"
+        "names = [d.metadata['Name'] for d in m.distributions()];"
+        "print(sorted(n for n in names if n.lower().startswith('nvidia')));"
         "print(u.find_spec('onnx') is None and u.find_spec('onnxscript') is None)"))
     assert probe.returncode == 0, probe.stderr
     versions, nvidia, no_exporter = probe.stdout.splitlines()[-3:]
@@ -316,7 +318,8 @@ def test_sigterm_drains_in_flight_requests(stack: Stack):
         except BaseException as e:  # noqa: BLE001 - reported below
             results.append(e)
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
+    # Three 64-image requests: 192 images, within the default queue bound (256), so none is turned away for room.
+    threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
     # Stop once the requests are queued or computing (the queue-depth gauge counts them), not before.
@@ -328,6 +331,7 @@ def test_sigterm_drains_in_flight_requests(stack: Stack):
         if depth > 0 or not any(t.is_alive() for t in threads):
             break
         time.sleep(0.05)
+    in_flight = sum(t.is_alive() for t in threads)
     t0 = time.monotonic()
     stack.cli("stop", "-t", str(GRACE_S), container, timeout=GRACE_S + 30)
     stopped_s = time.monotonic() - t0
@@ -335,7 +339,9 @@ def test_sigterm_drains_in_flight_requests(stack: Stack):
         t.join(timeout=60)
     measure(stack, "sigterm_stop_s", round(stopped_s, 1))
     errors = [r for r in results if not isinstance(r, httpx.Response) or r.status_code != 200]
-    assert len(results) == 6 and not errors, errors
+    assert in_flight > 0, "every request finished before the stop: nothing was in flight"
+    measure(stack, "requests_in_flight_at_sigterm", in_flight)
+    assert len(results) == 3 and not errors, [(r, getattr(r, "text", "")) for r in errors]
     assert all(len(r.json()["images"]) == 64 for r in results)
     assert stopped_s < GRACE_S, f"stop took {stopped_s:.1f} s: killed at the grace period, not drained"
     state = stack.inspect(container)["State"]
