@@ -190,24 +190,22 @@ trap cleanup EXIT
 # Images: decided for every command (compose interpolates the whole file), built only for the ones that start things.
 builds=0
 case "$command_name" in up|build|run|create|start|restart) builds=1 ;; esac
-if [ -z "${PYTHON_IMAGE:-}" ]; then
-  if podman image exists "$BASE_LOCAL" || { [ $builds = 1 ] && ! usable "$PYTHON_DEFAULT"; }; then
-    PYTHON_IMAGE="$BASE_LOCAL"
-    [ $builds = 1 ] && ! podman image exists "$BASE_LOCAL" && build_base
-  else
-    PYTHON_IMAGE="$PYTHON_DEFAULT"
+# pick_image VAR LOCAL DEFAULT BUILD: unless VAR is set, the locally built image where it exists or where the
+# default cannot be pulled (then BUILD makes it, for commands that start things), else the default.
+pick_image() {
+  local var=$1 local_name=$2 default=$3 build=$4
+  if [ -z "${!var:-}" ]; then
+    if podman image exists "$local_name" || { [ $builds = 1 ] && ! usable "$default"; }; then
+      printf -v "$var" '%s' "$local_name"
+      if [ $builds = 1 ] && ! podman image exists "$local_name"; then "$build"; fi
+    else
+      printf -v "$var" '%s' "$default"
+    fi
   fi
-fi
-export PYTHON_IMAGE
-if [ -z "${PROMETHEUS_IMAGE:-}" ]; then
-  if podman image exists "$PROMETHEUS_LOCAL" || { [ $builds = 1 ] && ! usable "$PROMETHEUS_DEFAULT"; }; then
-    PROMETHEUS_IMAGE="$PROMETHEUS_LOCAL"
-    [ $builds = 1 ] && ! podman image exists "$PROMETHEUS_LOCAL" && build_prometheus
-  else
-    PROMETHEUS_IMAGE="$PROMETHEUS_DEFAULT"
-  fi
-fi
-export PROMETHEUS_IMAGE
+  export "$var"
+}
+pick_image PYTHON_IMAGE "$BASE_LOCAL" "$PYTHON_DEFAULT" build_base
+pick_image PROMETHEUS_IMAGE "$PROMETHEUS_LOCAL" "$PROMETHEUS_DEFAULT" build_prometheus
 skip_grafana=0
 if [ -z "${GRAFANA_IMAGE:-}" ]; then
   GRAFANA_IMAGE="$GRAFANA_DEFAULT"
