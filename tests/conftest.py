@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ from training.precond import D2OPrecond, EDMPrecond, OneStepGenerator
 TINY_CLASSES = [f"class-{i}" for i in range(10)]
 
 torch.set_num_threads(1)  # tests are small; more threads only contend on shared CI cores
+
+
+@pytest.fixture(autouse=True)
+def _sample_cache_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``training.evaluate`` keeps teachers' sample sets in ``runs/sample-cache`` of the working dir: in tests, a
+    fresh dir per test outside the checkout (created only when a set is stored), so no test sees another's sets."""
+    import training.evaluate
+
+    path = tmp_path_factory.getbasetemp() / f"sample-cache-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(training.evaluate, "DEFAULT_CACHE_DIR", str(path))
 
 
 def tiny_denoiser(label_dim: int = 10, resolution: int = 16, channels: int = 1, precond=EDMPrecond, seed: int = 0):

@@ -45,6 +45,7 @@ from training.evaluation.features import KINDS
 from training.evaluation.options import DEFAULT_NFE, EvalOptions, Log
 from training.evaluation.pipeline import run_evaluation
 from training.evaluation.protocol import DEFAULT_BOOTSTRAP_ROUNDS, DEFAULT_REPORTED_SAMPLES, SEED_RANGES
+from training.evaluation.sample_cache import DEFAULT_CACHE_DIR
 from training.evaluation.score import (
     PAPER_SAMPLES,
     PROTOCOLS,
@@ -149,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-curve", action="store_true", help="skip the snapshots of fine-tune run dirs")
     r.add_argument("--curve-samples", type=int, default=None, help="samples per snapshot (default: --num-samples)")
+    r.add_argument(
+        "--sample-cache",
+        default=DEFAULT_CACHE_DIR,
+        metavar="DIR",
+        help="keep multi-step teachers' sample sets here, keyed by weights, NFE, seeds and classes, and reuse them",
+    )
+    r.add_argument("--no-sample-cache", action="store_true", help="generate every teacher set anew, store nothing")
     r.add_argument("--kid-subsets", type=int, default=100, help="random subsets KID averages over")
     r.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
     r.add_argument(
@@ -273,6 +281,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         bootstrap=args.bootstrap,
         device=args.device,
         reference_split=split,
+        sample_cache=None if args.no_sample_cache else args.sample_cache,
     )
     sources = [src for spec in args.model for src in resolve_sources(spec)]
     labels = [src.label for src in sources]

@@ -30,6 +30,7 @@ class EvalOptions:
     floor_seed: int = 0  # of the random real subset that gives the real-vs-real floor
     device: str = "cpu"
     reference_split: str = "test"  # the split samples are compared with; the other one gives the real floor
+    sample_cache: str | None = None  # dir of cached teacher sets (training.evaluation.sample_cache); None: off
 
     def __post_init__(self) -> None:
         self.seeds = str(self.seeds)

@@ -24,6 +24,7 @@ from training.evaluation.options import EvalOptions, Log
 from training.evaluation.protocol import describe_seeds, seeds_record
 from training.evaluation.reference import class_ordered, load_reference, other_split, real_train_set
 from training.evaluation.report import environment, summarize, write_report
+from training.evaluation.sample_cache import CachedSet, set_key
 from training.evaluation.samples import balanced_labels, generator_fn
 from training.evaluation.sources import Source
 
@@ -129,9 +130,17 @@ def run_evaluation(
         if src.kind == "denoiser":
             for nfe in options.nfe:
                 fn = generator_fn(model, "denoiser", nfe, seeds, labels, options.device)
+                cached = None
+                if options.sample_cache:
+                    key = set_key(src.model_dir, nfe, seeds, labels, options.device)
+                    fn = cached = CachedSet(Path(options.sample_cache), key, fn, n)
+                    if cached.hit:
+                        log(f"{src.label} NFE {nfe}: the set from the sample cache ({cached.path.name})")
                 res, grid, spec = evaluator.measure(
                     src.label, "teacher", fn, labels, n, nfe, src.images_seen, str(src.model_dir), seeds
                 )
+                if cached is not None and cached.hit and cached.seconds is not None:
+                    res.seconds = cached.seconds  # the generation's own time, for the images/s column
                 res.group, res.run_seed = src.group, src.run_seed
                 results.append(res)
                 grids.append((f"{src.label}, Heun NFE {nfe}", grid))
