@@ -94,7 +94,8 @@ class CachedSet:
         t0 = time.perf_counter()
         images = self.generate(start, stop)
         self._spent += time.perf_counter() - t0
-        if start == self._next:
+        per_image = images[0].numel() * 4 if len(images) else 0
+        if start == self._next and per_image * self.count <= MAX_CACHED_BYTES:  # a set too large is not held
             self._parts.append(images.detach().to("cpu", torch.float32))
             self._next = stop
             if stop == self.count:
@@ -106,8 +107,6 @@ class CachedSet:
     def _store(self) -> None:
         images = torch.cat(self._parts).numpy()
         self._parts = []
-        if images.nbytes > MAX_CACHED_BYTES:
-            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
