@@ -76,6 +76,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -150,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-curve", action="store_true", help="skip the snapshots of fine-tune run dirs")
     r.add_argument("--curve-samples", type=int, default=None, help="samples per snapshot (default: --num-samples)")
+    r.add_argument(
+        "--curve-kimg",
+        type=_float_list,
+        default=None,
+        metavar="KIMG,...",
+        help="curve points: the snapshots nearest these fine-tune kimg, e.g. 6,12,30,60,120 (default: every snapshot)",
+    )
     r.add_argument(
         "--sample-cache",
         default=DEFAULT_CACHE_DIR,
@@ -276,6 +293,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         num_real=args.num_real,
         curve=not args.no_curve,
         curve_samples=args.curve_samples,
+        curve_kimg=args.curve_kimg,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
         bootstrap=args.bootstrap,

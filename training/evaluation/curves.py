@@ -23,17 +23,29 @@ def teacher_images(src: Source) -> int | None:
     return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
+def pick_snapshots(snapshots: Sequence[tuple[int, Any]], kimg: Sequence[float] | None) -> list[tuple[int, Any]]:
+    """The snapshots nearest each of ``kimg`` (fine-tune images / 1000), once each and in order of images seen; all
+    of them where ``kimg`` is None. A run of 60 snapshots costs 60 sample sets; a curve needs a handful."""
+    if kimg is None:
+        return list(snapshots)
+    if not snapshots:
+        return []
+    chosen = {min(snapshots, key=lambda s: (abs(s[0] - k * 1000), s[0])) for k in kimg}
+    return sorted(chosen, key=lambda s: s[0])
+
+
 def snapshot_curve(
     src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, total: int | None = None
 ) -> list[dict[str, Any]]:
-    """The metrics of every snapshot of a fine-tune run dir against fine-tune images seen, all from the first
+    """The metrics of the snapshots of a fine-tune run dir (every one, or those nearest ``options.curve_kimg``)
+    against fine-tune images seen, all from the first
     ``curve_samples`` seeds of the run's seed range (no bootstrap interval: a curve point is not a headline).
     ``total``: the teacher's pre-training images, where the run's config records none."""
     seeds = options.curve_seeds
     count = len(seeds)
     total = teacher_images(src) or total
     points = []
-    for images_seen, model_dir in src.snapshots:
+    for images_seen, model_dir in pick_snapshots(src.snapshots, options.curve_kimg):
         if model_dir == src.model_dir and count == options.num_samples:
             res = final  # already measured with the same noise
         else:

@@ -24,6 +24,7 @@ class EvalOptions:
     grid: int = 100  # images kept per set for the sample grids
     curve: bool = True  # FD against images seen for fine-tune run dirs
     curve_samples: int | None = None  # samples per snapshot (None: num_samples)
+    curve_kimg: tuple[float, ...] | None = None  # the snapshots nearest these fine-tune kimg (None: every snapshot)
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     bootstrap: int = DEFAULT_BOOTSTRAP_ROUNDS  # rounds of the FD confidence interval (0: none)
@@ -38,6 +39,8 @@ class EvalOptions:
             raise ValueError("--num-samples must be at least 4")
         if self.curve_samples is not None and self.curve_samples < 4:
             raise ValueError("--curve-samples must be at least 4")
+        if self.curve_kimg is not None and (not self.curve_kimg or min(self.curve_kimg) <= 0):
+            raise ValueError("--curve-kimg takes positive fine-tune kimg, e.g. 6,12,30,60,120")
         if self.batch < 1:
             raise ValueError("--batch must be at least 1")
         if self.bootstrap != 0 and self.bootstrap < 2:

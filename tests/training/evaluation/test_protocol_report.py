@@ -14,7 +14,8 @@ from tests.training.evaluation.helpers import CLASSES, denoiser, make_models, tr
 from training.checkpoint import save_model
 from training.evaluate import main
 from training.evaluation import pipeline
-from training.evaluation.curves import crossing, group_curves
+from training.evaluation.curves import crossing, group_curves, pick_snapshots
+from training.evaluation.options import EvalOptions
 from training.generate import main as generate
 from training.images import to_uint8
 from training.precond import D2OPrecond, OneStepGenerator
@@ -147,6 +148,19 @@ def test_budget_curve_has_a_point_per_snapshot(models, tmp_path):
     assert "## Budget" in text and "test 200000–200005" in text and "% of teacher's" in text
     assert ("reaches the teacher's best" in text) == c["crosses"]
     assert (tmp_path / "c" / "fd_vs_images.png").stat().st_size > 0
+
+
+def test_curve_kimg_picks_the_nearest_snapshots(models, tmp_path):
+    snaps = [(k * 1000, f"s{k}") for k in (2, 4, 6, 8, 60, 62)]
+    assert pick_snapshots(snaps, None) == snaps
+    # Nearest each point, once each, in order; a tie goes to the earlier snapshot.
+    assert pick_snapshots(snaps, (61, 5, 6.4, 1000)) == [(4000, "s4"), (6000, "s6"), (60000, "s60"), (62000, "s62")]
+    assert pick_snapshots([], (6,)) == []
+    with pytest.raises(ValueError, match="--curve-kimg"):
+        EvalOptions(curve_kimg=(0.0, 6.0))
+    m = report(models, tmp_path / "k", "--model", f"d2o-f={models['run']}", "--num-samples", "8",
+               "--curve-samples", "6", "--curve-kimg", "2")  # fmt: skip
+    assert [p["images_seen"] for p in m["curves"]["d2o-f"]] == [2048]
 
 
 def test_crossing_and_group_curves():
