@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,44 @@ class RawResult:
         wall = sum(n / b * self._interp(b, "wall") for b, n in batch_images.items())
         cpu = sum(n / b * self._interp(b, "cpu") for b, n in batch_images.items())
         return total_images / wall * 1000.0, cpu / total_images
+
+
+def bracket_raw(before: RawResult, after: RawResult) -> RawResult:
+    """The raw backend as it ran around the levels: at each size timed both before and after them, the mean of the
+    two (wall and CPU per batch weigh each side equally, whatever its number of runs); sizes timed only after keep
+    that figure. On a host whose speed drifts minute to minute, a raw figure from one side of the levels carries
+    the drift into every ratio; the mean of both sides cancels a steady drift."""
+    out = RawResult(backend=after.backend, threads=after.threads)
+    for b, a in after.points.items():
+        p = before.points.get(b)
+        if p is None:
+            out.points[b] = a
+            continue
+        wall_mean = (p.wall_ms_per_batch_mean + a.wall_ms_per_batch_mean) / 2
+        runq = (
+            None
+            if p.runq_ms_per_batch is None or a.runq_ms_per_batch is None
+            else ((p.runq_ms_per_batch + a.runq_ms_per_batch) / 2)
+        )
+        out.points[b] = RawPoint(
+            batch_size=b,
+            runs=p.runs + a.runs,
+            wall_ms_per_batch_p50=(p.wall_ms_per_batch_p50 + a.wall_ms_per_batch_p50) / 2,
+            wall_ms_per_batch_mean=wall_mean,
+            images_per_s=b * 1000.0 / wall_mean,
+            cpu_ms_per_image=(p.cpu_ms_per_image + a.cpu_ms_per_image) / 2,
+            runq_ms_per_batch=runq,
+        )
+    return out
+
+
+def raw_drift(before: RawResult, after: RawResult) -> float | None:
+    """After ÷ before images/s at the largest size both timed: how far the host's speed moved across the levels."""
+    common = set(before.points) & set(after.points)
+    if not common:
+        return None
+    b = max(common)
+    return after.points[b].images_per_s / before.points[b].images_per_s
 
 
 def raw_sizes(levels: Sequence[LevelResult], max_batch_size: int) -> list[int]:
@@ -635,8 +673,15 @@ class Plan:
 
 
 async def run_levels(
-    url: str, plan: Plan, pid: int | None, label: str = "", log: Any = None
+    url: str,
+    plan: Plan,
+    pid: int | None,
+    label: str = "",
+    log: Any = None,
+    ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[LevelResult], dict[str, Any]]:
+    """Every level of ``plan`` against the server at ``url``; ``ready(server)`` runs once the served model is known
+    and before the first level (the server idle)."""
     max_conc = max(c for c, _ in plan.levels)
     limits = httpx.Limits(max_connections=max_conc + 4, max_keepalive_connections=max_conc + 4)
     timeout = httpx.Timeout(120.0, connect=10.0)
@@ -649,6 +694,14 @@ async def run_levels(
         info = next((m for m in listing["data"] if m["id"] == model), None)
         if info is None:
             raise BenchError(f"model {model!r} is not served at {url} (served: {[m['id'] for m in listing['data']]})")
+        server = {
+            "model": model,
+            "backend": info.get("backend"),
+            "max_batch_size": info.get("max_batch_size"),
+            "img_shape": [info.get("img_channels"), info.get("img_resolution"), info.get("img_resolution")],
+        }
+        if ready is not None:
+            ready(server)
         probe = ServerProbe(client, url, pid)
         await probe.setup()
         results = []
@@ -679,13 +732,7 @@ async def run_levels(
                     file=log,
                     flush=True,
                 )
-    server = {
-        "model": model,
-        "backend": info.get("backend"),
-        "max_batch_size": info.get("max_batch_size"),
-        "img_shape": [info.get("img_channels"), info.get("img_resolution"), info.get("img_resolution")],
-        "cpu_source": probe.cpu_source,
-    }
+    server["cpu_source"] = probe.cpu_source
     return results, server
 
 
@@ -749,6 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--raw-seconds", type=float, default=1.0, help="seconds of raw timing per batch size")
     p.add_argument("--no-raw", action="store_true", help="skip the raw backend measurement")
+    p.add_argument(
+        "--raw-bracket",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the raw backend both before and after the levels and judge against the mean of the two, so that "
+        "a host's drift across the round does not land in the ratios (--no-raw-bracket: after only)",
+    )
     p.add_argument(
         "--spawn",
         action="store_true",
@@ -851,6 +905,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     report["server"] = last.server
     report["levels"] = [asdict(lv) for lv in last.levels]
     report["raw"] = None if last.raw is None else _raw_json(last.raw)
+    report.update(_bracket_json(last))
     report["targets"] = [asdict(t) for t in last.targets]
     medians = median_targets([r.targets for r in rounds])
     if args.repeat > 1:
@@ -858,6 +913,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
             {
                 "levels": [asdict(lv) for lv in r.levels],
                 "raw": None if r.raw is None else _raw_json(r.raw),
+                **_bracket_json(r),
                 "targets": [asdict(t) for t in r.targets],
             }
             for r in rounds
@@ -873,6 +929,15 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         print(format_null_table(r.levels) if args.null_model else format_table(r.levels))
         if r.raw is not None:
             print()
+            if r.raw_before is not None and r.raw_after is not None:
+                print("raw before the levels:")
+                print(format_raw(r.raw_before))
+                print("raw after the levels:")
+                print(format_raw(r.raw_after))
+                drift = raw_drift(r.raw_before, r.raw_after)
+                if drift is not None:
+                    print(f"drift across the round (after ÷ before, largest batch): {drift:.3f}")
+                print("raw judged against (the mean of both sides):")
             print(format_raw(r.raw))
         print()
         print(format_targets(r.targets))
@@ -892,8 +957,10 @@ class Round:
     server: dict[str, Any]
     backend: str
     levels: list[LevelResult]
-    raw: RawResult | None
+    raw: RawResult | None  # what the targets are judged against: the bracketed mean, or the raw after the levels
     targets: list[Target]
+    raw_before: RawResult | None = None  # with --raw-bracket, each side on its own
+    raw_after: RawResult | None = None
 
 
 def spawned_settings(env: dict[str, str]) -> dict[str, str]:
@@ -907,13 +974,27 @@ def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
     if args.null_model:
         return run_null_round(args, plan, log)
     levels_out: list[LevelResult] = []
+    measure = args.models_dir is not None and not args.no_raw
+    before: list[RawResult] = []
+
+    def raw_before(info: dict[str, Any]) -> None:
+        """With --raw-bracket: the raw backend once the server is up and idle, before its first level, at the
+        powers of two up to its max batch (the sizes the levels will form are not known yet)."""
+        if not (measure and args.raw_bracket) or before:
+            return
+        sizes = raw_sizes([], int(info.get("max_batch_size") or args.max_batch_size))
+        name = info.get("backend") or args.backend or "torch"
+        print(f"raw {name} backend before the levels at batch sizes {sizes} ...", file=log, flush=True)
+        model_dir = find_model_dir(args.models_dir, info["model"])
+        before.append(measure_raw(model_dir, name, sizes, args.threads, args.raw_seconds))
+
     if args.spawn:
         max_ipr = max(i for _, i in plan.levels)
         queue = max(256, 2 * max(c * i for c, i in plan.levels), 2 * max_ipr)
         queue = max(queue, 2 * format_gain_level(args)[0] * args.format_gain)
         with _spawned(args, args.max_batch_size, queue) as srv:
             print(f"spawned {srv.url} ({args.backend or 'auto'}, max_batch_size={args.max_batch_size})", file=log)
-            results, server = asyncio.run(run_levels(srv.url, plan, srv.process.pid, log=log))
+            results, server = asyncio.run(run_levels(srv.url, plan, srv.process.pid, log=log, ready=raw_before))
             levels_out += results
             if args.format_gain:
                 gain_level = format_gain_level(args, server.get("max_batch_size"))
@@ -928,7 +1009,7 @@ def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
                 levels_out += results
         server["url"] = "spawned"
     else:
-        results, server = asyncio.run(run_levels(args.url, plan, None, log=log))
+        results, server = asyncio.run(run_levels(args.url, plan, None, log=log, ready=raw_before))
         levels_out += results
         if args.format_gain:
             gain_level = format_gain_level(args, server.get("max_batch_size"))
@@ -936,15 +1017,19 @@ def run_round(args: argparse.Namespace, plan: Plan, log: Any) -> Round:
         server["url"] = args.url
     backend = server.get("backend") or args.backend or "torch"  # what the server resolved "auto" to
     raw: RawResult | None = None
-    if args.models_dir is not None and not args.no_raw:
+    raw_after: RawResult | None = None
+    if measure:
         model_dir = find_model_dir(args.models_dir, server["model"])
         sizes = raw_sizes(levels_out, int(server.get("max_batch_size") or args.max_batch_size))
         print(f"raw {backend} backend at batch sizes {sizes} ...", file=log, flush=True)
-        raw = measure_raw(model_dir, backend, sizes, args.threads, args.raw_seconds)
+        raw = raw_after = measure_raw(model_dir, backend, sizes, args.threads, args.raw_seconds)
+        if before and before[0].backend == backend:
+            raw = bracket_raw(before[0], raw_after)
     targets = evaluate_targets(levels_out, raw, backend, args.target_concurrency, big_request_level(args))
     if args.format_gain:
         targets += evaluate_format_gain(levels_out, format_gain_level(args, server.get("max_batch_size")))
-    return Round(server, backend, levels_out, raw, targets)
+    bracket = (before[0], raw_after) if before and raw_after is not None else (None, None)
+    return Round(server, backend, levels_out, raw, targets, *bracket)
 
 
 # ---------------------------------------------------------------- formats: raw pixels against PNG
@@ -1121,6 +1206,17 @@ def format_null_table(levels: Sequence[LevelResult]) -> str:
             )
         )
     return _columns(rows)
+
+
+def _bracket_json(r: Round) -> dict[str, Any]:
+    """With --raw-bracket: each side's raw figures and the drift between them (``raw`` holds their mean)."""
+    if r.raw_before is None or r.raw_after is None:
+        return {}
+    return {
+        "raw_before": _raw_json(r.raw_before),
+        "raw_after": _raw_json(r.raw_after),
+        "raw_drift": raw_drift(r.raw_before, r.raw_after),
+    }
 
 
 def _raw_json(raw: RawResult) -> dict[str, Any]:

@@ -55,6 +55,22 @@ def test_raw_mix_interpolates_between_measured_sizes() -> None:
     assert bench.raw_sizes([], 32) == [1, 2, 4, 8, 16, 32]
 
 
+def test_bracketed_raw_is_the_mean_of_both_sides() -> None:
+    """A host that slowed by half across a round: the ratios are judged against the mean of the raw timed before
+    and after the levels; a size timed only after keeps its figure; the drift states the slowdown."""
+    before, after = bench.RawResult("onnxruntime", 2), bench.RawResult("onnxruntime", 2)
+    before.points[32] = bench.RawPoint(32, 10, 100.0, 100.0, 320.0, cpu_ms_per_image=6.0, runq_ms_per_batch=1.0)
+    after.points[32] = bench.RawPoint(32, 5, 200.0, 200.0, 160.0, cpu_ms_per_image=12.0, runq_ms_per_batch=3.0)
+    after.points[24] = bench.RawPoint(24, 5, 150.0, 150.0, 160.0, cpu_ms_per_image=12.0)
+    mean = bench.bracket_raw(before, after)
+    p = mean.points[32]
+    assert (p.runs, p.wall_ms_per_batch_mean, p.wall_ms_per_batch_p50) == (15, 150.0, 150.0)
+    assert p.images_per_s == pytest.approx(32 * 1000 / 150) and p.cpu_ms_per_image == 9.0 and p.runq_ms_per_batch == 2
+    assert mean.points[24] == after.points[24]
+    assert bench.raw_drift(before, after) == pytest.approx(0.5)
+    assert bench.raw_drift(bench.RawResult("torch", 1), after) is None
+
+
 def test_median_targets_judge_by_the_median_round() -> None:
     def rounds(*values: float) -> list[list[bench.Target]]:
         return [
@@ -240,6 +256,17 @@ def test_bench_against_live_server(serve, models_dir: Path, tmp_path: Path) -> N
     raw_sizes = [p["batch_size"] for p in report["raw"]["points"]]
     assert 1 in raw_sizes and 8 in raw_sizes
     assert all(p["images_per_s"] > 0 and p["cpu_ms_per_image"] > 0 for p in report["raw"]["points"])
+    # Bracketed by default: timed before the first level (powers of two up to the max batch) and after the last;
+    # the judged figure at a size timed on both sides is their mean.
+    before = {p["batch_size"]: p for p in report["raw_before"]["points"]}
+    after = {p["batch_size"]: p for p in report["raw_after"]["points"]}
+    judged = {p["batch_size"]: p for p in report["raw"]["points"]}
+    assert set(before) <= set(after) == set(judged) and 1 in before
+    assert judged[1]["wall_ms_per_batch_mean"] == pytest.approx(
+        (before[1]["wall_ms_per_batch_mean"] + after[1]["wall_ms_per_batch_mean"]) / 2
+    )
+    assert report["raw_drift"] > 0 and all("raw_before" in r and "raw_after" in r for r in report["rounds"])
+    assert "raw before the levels" in proc.stdout and "drift across the round" in proc.stdout
     targets = {t["name"]: t for t in report["targets"]}
     assert targets["latency c=1 p50"]["value"] == pytest.approx(levels[0]["latency_ms"]["p50"])
     assert targets["latency c=1 p50"]["ok"] in (True, False)
