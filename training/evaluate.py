@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="curve points: the snapshots nearest these fine-tune kimg, e.g. 6,12,30,60,120 (default: every snapshot)",
     )
     r.add_argument(
+        "--teacher-metrics",
+        default=None,
+        metavar="METRICS_JSON",
+        help="where no teacher is evaluated in this run: the budget curves' target is the teacher's best in this "
+        "earlier report (same seeds, samples, features and reference, or a clear refusal)",
+    )
+    r.add_argument(
         "--sample-cache",
         default=DEFAULT_CACHE_DIR,
         metavar="DIR",
@@ -294,6 +301,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         curve=not args.no_curve,
         curve_samples=args.curve_samples,
         curve_kimg=args.curve_kimg,
+        teacher_metrics=args.teacher_metrics,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
         bootstrap=args.bootstrap,

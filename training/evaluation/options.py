@@ -32,6 +32,7 @@ class EvalOptions:
     device: str = "cpu"
     reference_split: str = "test"  # the split samples are compared with; the other one gives the real floor
     sample_cache: str | None = None  # dir of cached teacher sets (training.evaluation.sample_cache); None: off
+    teacher_metrics: str | None = None  # an earlier report whose teacher's best is the curves' target (no teacher here)
 
     def __post_init__(self) -> None:
         self.seeds = str(self.seeds)

@@ -16,7 +16,14 @@ import torch
 from training.checkpoint import load_model
 from training.datasets import FolderDataset, open_dataset
 from training.evaluation.classifier import DEFAULT_CLASSIFIER
-from training.evaluation.curves import budget_summary, group_curves, plotted_curves, snapshot_curve, teacher_images
+from training.evaluation.curves import (
+    budget_summary,
+    earlier_teacher,
+    group_curves,
+    plotted_curves,
+    snapshot_curve,
+    teacher_images,
+)
 from training.evaluation.evaluator import Evaluator, SetResult
 from training.evaluation.features import build_extractor, choose_features, inception_features
 from training.evaluation.groups import group_table
@@ -165,7 +172,15 @@ def run_evaluation(
         if src.group is not None:
             members.setdefault(src.group, []).append(src.label)
     plotted = plotted_curves(curves, members, group_curves(curves, members))
+    target = summary.get("teacher_best")
+    if target is None and options.teacher_metrics and curves:
+        here = {"metric_name": metric_name, "data": data, "resolution": resolution, "features": extractor.to_json(),
+                "reference_split": split if has_splits else None, "reference_images": len(reference),
+                "seeds": seeds_record(options.curve_seeds)}  # fmt: skip
+        target = earlier_teacher(options.teacher_metrics, here)
+        log(f"Budget target: the teacher's best FD {target['fd']:.4g} from {options.teacher_metrics}")
     pretrain = next((t for t in map(teacher_images, sources) if t), None) or evaluated_teacher
+    pretrain = pretrain or (target or {}).get("images_seen")
     metrics: dict[str, Any] = {
         "metric_name": metric_name,
         "data": data,
@@ -192,9 +207,9 @@ def run_evaluation(
         "budget": {
             "seeds": seeds_record(options.curve_seeds) if curves else None,
             "teacher_images": pretrain,
-            "teacher": summary.get("teacher_best"),
+            "teacher": target,
             "curves": plotted,
-            "crossings": budget_summary(plotted, summary.get("teacher_best")),
+            "crossings": budget_summary(plotted, target),
         },
         "spectra": {k: v.tolist() for k, v in spectra.items()},
         "summary": summary,

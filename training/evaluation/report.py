@@ -213,7 +213,9 @@ def _budget_section(m: dict[str, Any], name: str) -> list[str]:
     text = f"Every snapshot from the {seeds_text(budget['seeds'])} seeds ({budget['seeds']['count']} per point)"
     text += f"; the teacher was pre-trained on {total} images." if total else "."
     if teacher:
-        text += f" Teacher's best {name} at any NFE: {_sig(teacher['fd'])} ({teacher['label']}, NFE {teacher['nfe']})."
+        text += f" Teacher's best {name} at any NFE: {_sig(teacher['fd'])} ({teacher['label']}, NFE {teacher['nfe']}"
+        source = teacher.get("from")
+        text += f"; from the earlier report {source}, same seeds and features)." if source else ")."
     lines += [text, "", f"![{name} and recall against fine-tune images seen](fd_vs_images.png)", ""]
     for label, c in budget["crossings"].items():
         share = f" ({100 * c['teacher_fraction']:.2f}% of the teacher's images)" if c["teacher_fraction"] else ""

@@ -163,6 +163,28 @@ def test_curve_kimg_picks_the_nearest_snapshots(models, tmp_path):
     assert [p["images_seen"] for p in m["curves"]["d2o-f"]] == [2048]
 
 
+def test_curves_take_their_target_from_an_earlier_teachers_report(models, tmp_path, capsys):
+    """A teacher's multi-step set is hours on a CPU: a later report of fine-tune runs alone takes the teacher's best
+    from an earlier report, where it measured the same seeds with the same features and reference; else it refuses."""
+    first = report(models, tmp_path / "t", "--model", f"teacher={models['teacher']}", "--num-samples", "8",
+                   "--nfe", "1,3", "--no-curve")  # fmt: skip
+    later = report(models, tmp_path / "r", "--model", f"d2o-f={models['run']}", "--num-samples", "8",
+                   "--teacher-metrics", str(tmp_path / "t" / "metrics.json"))  # fmt: skip
+    budget = later["budget"]
+    assert budget["teacher"]["fd"] == first["summary"]["teacher_best"]["fd"]
+    assert budget["teacher"]["from"] == str(tmp_path / "t" / "metrics.json") and budget["teacher_images"] == 1000
+    assert budget["crossings"]["d2o-f"] == crossing(later["curves"]["d2o-f"], budget["teacher"]["fd"])
+    assert "from the earlier report" in (tmp_path / "r" / "report.md").read_text()
+    # Other seeds (6 curve samples against the teacher's 8): refused, naming what differs.
+    args = ["--classifier", str(models["classifier"]), "--out", str(tmp_path / "x"), *FAST, "--model",
+            f"d2o-f={models['run']}", "--num-samples", "8", "--curve-samples", "6"]  # fmt: skip
+    assert main([*args, "--teacher-metrics", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "measured something else" in err and "seeds" in err
+    assert main([*args, "--teacher-metrics", str(tmp_path / "r" / "report.md")]) == 2
+    assert "not a readable metrics.json" in capsys.readouterr().err
+
+
 def test_crossing_and_group_curves():
     points = [
         {"images_seen": 1000, "fd": 3.0, "teacher_fraction": 0.01},
