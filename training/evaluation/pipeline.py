@@ -31,7 +31,7 @@ from training.evaluation.options import EvalOptions, Log
 from training.evaluation.protocol import describe_seeds, seeds_record
 from training.evaluation.reference import class_ordered, load_reference, other_split, real_train_set
 from training.evaluation.report import environment, summarize, write_report
-from training.evaluation.sample_cache import CachedSet, set_key
+from training.evaluation.sample_cache import CachedSet, model_fingerprint, set_key
 from training.evaluation.samples import balanced_labels, generator_fn
 from training.evaluation.sources import Source
 
@@ -135,11 +135,12 @@ def run_evaluation(
         label_dim = model.label_dim
         labels = balanced_labels(n, label_dim)
         if src.kind == "denoiser":
+            fingerprint = model_fingerprint(src.model_dir) if options.sample_cache else None
             for nfe in options.nfe:
                 fn = generator_fn(model, "denoiser", nfe, seeds, labels, options.device)
                 cached = None
                 if options.sample_cache:
-                    key = set_key(src.model_dir, nfe, seeds, labels, options.device)
+                    key = set_key(src.model_dir, nfe, seeds, labels, options.device, fingerprint)
                     fn = cached = CachedSet(Path(options.sample_cache), key, fn, n)
                     if cached.hit:
                         log(f"{src.label} NFE {nfe}: the set from the sample cache ({cached.path.name})")

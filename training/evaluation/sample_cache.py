@@ -5,11 +5,13 @@ model with that teacher needs exactly the same images. The cache keys a set on e
 pixels: the model dir's weights and config (SHA-256 of the files), the NFE, the noise seeds, the class labels,
 the device type and the torch version. Sets are stored as float32 ``.npy`` (the generator's own output, before
 clamping), written atomically once the whole set has been generated, with a JSON sidecar holding the key and the
-seconds the generation took. One-step sets are not cached: they cost one forward pass per image.
+seconds the generation took. One-step sets are not cached: they cost one forward pass per image. The cache keeps
+at most 8 GiB: storing a set removes the sets used least recently beyond that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +28,31 @@ from training.checkpoint import file_sha256
 DEFAULT_CACHE_DIR = "runs/sample-cache"
 FORMAT_VERSION = 1
 MAX_CACHED_BYTES = 1 << 30  # larger sets (e.g. 50,000 images of 64x64x3) are generated every time
+MAX_CACHE_TOTAL_BYTES = 8 << 30  # past this, the sets used least recently are removed (a 10k FMNIST set: 31 MB)
+
+
+def prune(root: Path, limit: int = MAX_CACHE_TOTAL_BYTES, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used sets (by their file's mtime, which a hit renews) until the cache holds at
+    most ``limit`` bytes; ``keep`` (the set just stored) stays whatever its size. Returns the removed sets."""
+    sets = []
+    for path in root.glob("*.npy"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # removed by another run meanwhile
+        sets.append((st.st_mtime_ns, st.st_size, path))
+    total = sum(size for _, size, _ in sets)
+    removed = []
+    for _, size, path in sorted(sets):
+        if total <= limit:
+            break
+        if keep is not None and path == keep:
+            continue
+        for file in (path, path.with_suffix(".json")):
+            file.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -42,11 +69,14 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def set_key(model_dir: Path, nfe: int, seeds: range, labels: torch.Tensor | None, device: str) -> dict[str, Any]:
-    """Everything that decides a denoiser set's pixels, as a JSON-able record."""
+def set_key(
+    model_dir: Path, nfe: int, seeds: range, labels: torch.Tensor | None, device: str, fingerprint: str | None = None
+) -> dict[str, Any]:
+    """Everything that decides a denoiser set's pixels, as a JSON-able record. ``fingerprint``: the model dir's
+    :func:`model_fingerprint`, where the caller already has it (one hash of the weights for every NFE)."""
     return {
         "format_version": FORMAT_VERSION,
-        "model": model_fingerprint(model_dir),
+        "model": fingerprint or model_fingerprint(model_dir),
         "sampler": "heun",
         "nfe": nfe,
         "seeds": [seeds.start, seeds.stop, seeds.step],
@@ -86,6 +116,8 @@ class CachedSet:
         if meta.get("key") != self.key or len(images) != self.count or images.dtype != np.float32:
             return None
         self.seconds = float(meta.get("seconds", 0.0))
+        with contextlib.suppress(OSError):
+            os.utime(self.path)  # used now: the last set pruning removes
         return images
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
@@ -117,3 +149,4 @@ class CachedSet:
         tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
         os.replace(tmp_meta, self.meta_path)
         self.seconds = self._spent
+        prune(self.path.parent, keep=self.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from tests.training.evaluation.helpers import make_models
 from training.evaluate import main
 from training.evaluation import pipeline
-from training.evaluation.sample_cache import CachedSet, set_key
+from training.evaluation.sample_cache import CachedSet, model_fingerprint, prune, set_key
 
 FAST = ["--kid-subsets", "3", "--kid-subset-size", "8", "--batch", "8", "--device", "cpu", "--bootstrap", "0"]
 
@@ -101,6 +102,9 @@ def test_another_set_is_not_served_from_the_cache(models, tmp_path, monkeypatch)
     weights.write_bytes(bytes(data))
     key = set_key(other, 3, range(200_000, 200_012), torch.arange(12) % 10, "cpu")
     assert key != set_key(models["teacher"], 3, range(200_000, 200_012), torch.arange(12) % 10, "cpu")
+    # A fingerprint computed once for every NFE is the same key as the one set_key computes itself.
+    fp = model_fingerprint(other)
+    assert key == set_key(other, 3, range(200_000, 200_012), torch.arange(12) % 10, "cpu", fp)
 
 
 def test_no_sample_cache_stores_nothing(models, tmp_path):
@@ -137,3 +141,21 @@ def test_partial_or_mismatched_sets_are_not_used(tmp_path):
     meta.write_text("{")
     assert not CachedSet(tmp_path, key, generate, 4).hit
     assert np.load(next(tmp_path.glob("*.npy"))).dtype == np.float32
+
+
+def test_prune_removes_the_least_recently_used_sets(tmp_path):
+    """Past the cache's limit the sets used least recently go (a hit renews a set); the set just stored stays."""
+    root = tmp_path / "cache"
+    key = {"model": "m", "nfe": 3}
+    sets = []
+    for i in range(3):
+        cs = CachedSet(root, {**key, "seeds": i}, lambda a, b, v=float(i): torch.full((b - a, 1, 2, 2), v), 4)
+        cs(0, 4)  # stored whole
+        os.utime(cs.path, ns=(i * 10**9, i * 10**9))  # made at t = 0, 1, 2 s
+        sets.append(cs)
+    assert CachedSet(root, {**key, "seeds": 0}, lambda a, b: None, 4).hit  # set 0 used now: the newest
+    size = sets[0].path.stat().st_size
+    removed = prune(root, limit=2 * size)
+    assert removed == [sets[1].path] and not sets[1].meta_path.exists()
+    assert sets[0].path.exists() and sets[2].path.exists()
+    assert prune(root, limit=0, keep=sets[2].path) == [sets[0].path] and sets[2].path.exists()
