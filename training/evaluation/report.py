@@ -210,7 +210,9 @@ def _budget_section(m: dict[str, Any], name: str) -> list[str]:
     total = budget.get("teacher_images")
     teacher = budget.get("teacher")
     lines = ["", "## Budget: fine-tune images against the teacher", ""]
-    text = f"Every snapshot from the {seeds_text(budget['seeds'])} seeds ({budget['seeds']['count']} per point)"
+    picked = (m.get("options") or {}).get("curve_kimg")
+    which = f"The snapshots nearest {', '.join(f'{k:g}' for k in picked)} kimg" if picked else "Every snapshot"
+    text = f"{which}, from the {seeds_text(budget['seeds'])} seeds ({budget['seeds']['count']} per point)"
     text += f"; the teacher was pre-trained on {total} images." if total else "."
     if teacher:
         text += f" Teacher's best {name} at any NFE: {_sig(teacher['fd'])} ({teacher['label']}, NFE {teacher['nfe']}"

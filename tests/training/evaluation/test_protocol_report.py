@@ -161,6 +161,7 @@ def test_curve_kimg_picks_the_nearest_snapshots(models, tmp_path):
     m = report(models, tmp_path / "k", "--model", f"d2o-f={models['run']}", "--num-samples", "8",
                "--curve-samples", "6", "--curve-kimg", "2")  # fmt: skip
     assert [p["images_seen"] for p in m["curves"]["d2o-f"]] == [2048]
+    assert "The snapshots nearest 2 kimg, from the test" in (tmp_path / "k" / "report.md").read_text()
 
 
 def test_curves_take_their_target_from_an_earlier_teachers_report(models, tmp_path, capsys):
