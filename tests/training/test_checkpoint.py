@@ -134,7 +134,8 @@ def test_shipped_model_config_reads_and_writes_back_unchanged():
     config = read_model_config(path)
     assert (config.kind, config.precond, config.img_shape, config.label_dim) == ("generator", "d2o", (1, 28, 28), 10)
     assert config.class_names[0] == "T-shirt/top" and config.sigma == config.generator_sigma == 80.0
-    assert config.images_seen == 60000 and config.dataset_spec == "fmnist"
+    assert config.images_seen == 59944 and config.dataset_spec == "fmnist"
+    assert config.images_seen <= 0.05 * config.training["teacher"]["images_seen"]  # within the 5% budget
     assert config.training["teacher"]["snapshot"] == "network-snapshot-001202"
     assert config.to_json() == raw and list(config.to_json()) == list(raw)
     with pytest.raises(ModelKindError, match="classifier"):
@@ -214,10 +215,21 @@ def test_kinds_filter_raises_model_kind_error_first(tmp_path):
 # ---------------------------------------------------------------- licence, origin and version
 
 
-def test_shipped_model_without_licence_fields_reads_as_the_projects():
-    config = read_model_config(REPO / "models" / "fmnist-d2o")
-    assert config.license is None and config.version is None  # written before licences were recorded
-    assert config.resolved_license[0] == PROJECT_LICENSE == "Apache-2.0"
+def test_shipped_model_without_licence_fields_reads_as_the_projects(tmp_path):
+    """The shipped model records its licence; a config written before licences were recorded (the same one with
+    the fields taken out) still reads as the project's own work."""
+    shipped = read_model_config(REPO / "models" / "fmnist-d2o")
+    assert shipped.license == PROJECT_LICENSE == "Apache-2.0"
+    old = json.loads((REPO / "models" / "fmnist-d2o" / "config.json").read_text())
+    for key in ("license", "license_url", "origin", "version"):
+        old.pop(key, None)
+    for key in ("license", "license_url", "origin"):
+        old["training"]["teacher"].pop(key, None)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    config = read_model_config(tmp_path / "old")
+    assert config.license is None and config.version is None
+    assert config.resolved_license[0] == PROJECT_LICENSE
     assert config.resolved_origin.startswith("fine-tuned by onestep (training.finetune) from teacher: runs/")
 
 
