@@ -40,9 +40,9 @@ def snapshot_curve(
     src: Source, evaluator: Evaluator, options: EvalOptions, final: SetResult, total: int | None = None
 ) -> list[dict[str, Any]]:
     """The metrics of the snapshots of a fine-tune run dir (every one, or those nearest ``options.curve_kimg``)
-    against fine-tune images seen, all from the first
-    ``curve_samples`` seeds of the run's seed range (no bootstrap interval: a curve point is not a headline).
-    ``total``: the teacher's pre-training images, where the run's config records none."""
+    against fine-tune images seen, all from the first ``curve_samples`` seeds of the run's seed range (no bootstrap
+    interval: a curve point is not a headline). ``total``: the teacher's pre-training images, where the run's
+    config records none."""
     seeds = options.curve_seeds
     count = len(seeds)
     total = teacher_images(src) or total

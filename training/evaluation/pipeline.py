@@ -173,15 +173,6 @@ def run_evaluation(
         if src.group is not None:
             members.setdefault(src.group, []).append(src.label)
     plotted = plotted_curves(curves, members, group_curves(curves, members))
-    target = summary.get("teacher_best")
-    if target is None and options.teacher_metrics and curves:
-        here = {"metric_name": metric_name, "data": data, "resolution": resolution, "features": extractor.to_json(),
-                "reference_split": split if has_splits else None, "reference_images": len(reference),
-                "seeds": seeds_record(options.curve_seeds)}  # fmt: skip
-        target = earlier_teacher(options.teacher_metrics, here)
-        log(f"Budget target: the teacher's best FD {target['fd']:.4g} from {options.teacher_metrics}")
-    pretrain = next((t for t in map(teacher_images, sources) if t), None) or evaluated_teacher
-    pretrain = pretrain or (target or {}).get("images_seen")
     metrics: dict[str, Any] = {
         "metric_name": metric_name,
         "data": data,
@@ -205,17 +196,23 @@ def run_evaluation(
         "results": [r.row() for r in results],
         "groups": groups,
         "curves": curves,
-        "budget": {
-            "seeds": seeds_record(options.curve_seeds) if curves else None,
-            "teacher_images": pretrain,
-            "teacher": target,
-            "curves": plotted,
-            "crossings": budget_summary(plotted, target),
-        },
+        "budget": None,  # below: it may compare this run's record with an earlier report's
         "spectra": {k: v.tolist() for k, v in spectra.items()},
         "summary": summary,
         "environment": environment(options.device),
         "wall_seconds": round(time.time() - t_start, 1),
+    }
+    target = summary.get("teacher_best")
+    if target is None and options.teacher_metrics and curves:
+        target = earlier_teacher(options.teacher_metrics, {**metrics, "seeds": seeds_record(options.curve_seeds)})
+        log(f"Budget target: the teacher's best FD {target['fd']:.4g} from {options.teacher_metrics}")
+    pretrain = next((t for t in map(teacher_images, sources) if t), None) or evaluated_teacher
+    metrics["budget"] = {
+        "seeds": seeds_record(options.curve_seeds) if curves else None,
+        "teacher_images": pretrain or (target or {}).get("images_seen"),
+        "teacher": target,
+        "curves": plotted,
+        "crossings": budget_summary(plotted, target),
     }
     write_report(out, metrics, results, grids, spectra)
     log(f"Wrote {out / 'report.md'}, {out / 'metrics.json'} and plots ({metrics['wall_seconds']:.0f} s)")
