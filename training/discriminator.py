@@ -3,6 +3,10 @@
 ``D(x, y)`` returns one logit per feature level, ``[N, L]``; the GAN losses sum over levels (as the paper's
 multi-head discriminator does). Each head is class-conditional by projection (Miyato & Koyama 2018):
 ``logit = w . phi(h) + <embed(y), phi(h)>`` with ``phi`` two spectral-norm 3x3 convs and a spatial mean.
+With ``mbstd_group`` > 0 each head also sees how much its features vary across a small group of samples
+(the minibatch standard deviation of Karras et al. 2018, a remedy for mode collapse): a generator that draws
+the same image for different noise shows a spread below the reals'. D's output for one sample then depends on
+its group, so reals and fakes that share a forward say so with ``segments=2`` and never share a group.
 
 Backbones (all return a list of feature maps and are frozen, always in eval mode, unless noted):
 
@@ -25,6 +29,7 @@ Backbones (all return a list of feature maps and are frozen, always in eval mode
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -184,18 +189,39 @@ class ScratchTrunk(nn.Module):
         return [self.net(x)]
 
 
-class ProjectionHead(nn.Module):
-    """Two spectral-norm 3x3 convs, spatial mean, then a linear logit plus a class projection."""
+def minibatch_stddev(h: torch.Tensor, group: int, segments: int = 1) -> torch.Tensor:
+    """``h`` [N, C, H, W] with one more channel: the spread of ``h`` across the sample's group.
 
-    def __init__(self, in_channels: int, width: int, label_dim: int):
+    A group is a run of consecutive samples inside one of ``segments`` equal parts of the batch, of size
+    gcd(part size, ``group``) (1: no spread to see). Per group: the standard deviation over its members of every
+    feature, averaged over channels and positions, one number broadcast to every member and position.
+    """
+    n, c, height, width = h.shape
+    if segments < 1 or n % segments:
+        raise ValueError(f"a batch of {n} does not split into {segments} equal segments")
+    size = math.gcd(n // segments, group)
+    spread = h.reshape(n // size, size, c, height, width).var(dim=1, unbiased=False).add(1e-8).sqrt()
+    per_group = spread.mean(dim=(1, 2, 3))
+    channel = per_group.repeat_interleave(size).reshape(n, 1, 1, 1).expand(n, 1, height, width)
+    return torch.cat([h, channel.to(h.dtype)], dim=1)
+
+
+class ProjectionHead(nn.Module):
+    """Two spectral-norm 3x3 convs, spatial mean, then a linear logit plus a class projection; with
+    ``mbstd_group`` > 0 the second conv also gets the group's minibatch standard deviation."""
+
+    def __init__(self, in_channels: int, width: int, label_dim: int, mbstd_group: int = 0):
         super().__init__()
+        self.mbstd_group = mbstd_group
         self.conv0 = spectral_norm(nn.Conv2d(in_channels, width, 3, padding=1))
-        self.conv1 = spectral_norm(nn.Conv2d(width, width, 3, padding=1))
+        self.conv1 = spectral_norm(nn.Conv2d(width + (1 if mbstd_group else 0), width, 3, padding=1))
         self.out = spectral_norm(nn.Linear(width, 1))
         self.embed = spectral_norm(nn.Embedding(label_dim, width)) if label_dim else None
 
-    def forward(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, labels: torch.Tensor | None, segments: int = 1) -> torch.Tensor:
         h = F.leaky_relu(self.conv0(feat), 0.2)
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group, segments)
         h = F.leaky_relu(self.conv1(h), 0.2).mean(dim=(2, 3))
         logit = self.out(h).squeeze(1)
         if self.embed is not None:
@@ -206,21 +232,26 @@ class ProjectionHead(nn.Module):
 class Discriminator(nn.Module):
     """``backbone`` features -> one projection head per level -> logits [N, L]."""
 
-    def __init__(self, backbone: nn.Module, label_dim: int, width: int = 64):
+    def __init__(self, backbone: nn.Module, label_dim: int, width: int = 64, mbstd_group: int = 0):
         super().__init__()
+        if mbstd_group < 0:
+            raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {mbstd_group}")
         self.backbone = backbone
         self.label_dim = label_dim
-        self.heads = nn.ModuleList(ProjectionHead(c, width, label_dim) for c in backbone.channels)
+        self.mbstd_group = mbstd_group
+        self.heads = nn.ModuleList(ProjectionHead(c, width, label_dim, mbstd_group) for c in backbone.channels)
 
     @property
     def backbone_frozen(self) -> bool:
         return bool(getattr(self.backbone, "frozen", False))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, segments: int = 1) -> torch.Tensor:
+        """Logits [N, L]. ``segments``: the batch is that many equal parts (reals, fakes) that must not share
+        a minibatch-stddev group; without ``mbstd_group`` samples are judged one by one and it changes nothing."""
         if self.label_dim and labels is None:
             raise ValueError("this discriminator is class-conditional: labels are required")
         feats = self.backbone(x, labels)
-        return torch.stack([head(f, labels) for head, f in zip(self.heads, feats, strict=True)], dim=1)
+        return torch.stack([head(f, labels, segments) for head, f in zip(self.heads, feats, strict=True)], dim=1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -338,8 +369,10 @@ def build_discriminator(
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     backbone_weights: str | Path | None = None,
     backbone_config: str | Path | None = None,
+    mbstd_group: int = 0,
 ) -> Discriminator:
-    """``kind``: 'teacher' (frozen teacher encoder), 'scratch', or 'backbone' (pluggable, from files)."""
+    """``kind``: 'teacher' (frozen teacher encoder), 'scratch', or 'backbone' (pluggable, from files);
+    ``mbstd_group``: the heads' minibatch-stddev group size (0: off)."""
     if kind == "teacher":
         if teacher is None:
             raise ValueError("--disc teacher needs the teacher network")
@@ -352,7 +385,7 @@ def build_discriminator(
         backbone = load_backbone(backbone_weights, backbone_config)
     else:
         raise ValueError(f"unknown discriminator {kind!r}; expected teacher, scratch or backbone")
-    return Discriminator(backbone, label_dim, width=width)
+    return Discriminator(backbone, label_dim, width=width, mbstd_group=mbstd_group)
 
 
 __all__ = [
@@ -368,4 +401,5 @@ __all__ = [
     "count_trainable",
     "feature_distance",
     "load_backbone",
+    "minibatch_stddev",
 ]

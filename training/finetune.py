@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--disc-backbone", default=None, metavar="FILE.safetensors", help="weights of a pluggable backbone")
     g.add_argument("--disc-backbone-config", default=None, metavar="FILE.json", help="its config (see docs)")
+    g.add_argument(
+        "--disc-mbstd",
+        type=int,
+        default=0,
+        metavar="GROUP",
+        help="minibatch standard deviation over groups of GROUP samples in D's heads, against mode collapse (0 = off)",
+    )
     g.add_argument("--r1-gamma", type=float, default=1e-4, help="R1 weight on reals (0 = off)")
     g.add_argument("--r1-interval", type=int, default=16, help="apply R1 every this many D steps, scaled by it")
     g.add_argument(

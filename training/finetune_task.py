@@ -409,6 +409,7 @@ def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchSt
             sigmas=cfg.disc_sigmas,
             backbone_weights=cfg.disc_backbone,
             backbone_config=cfg.disc_backbone_config,
+            mbstd_group=cfg.disc_mbstd,
         )
     task = FinetuneTask(generator, disc, world, cfg, teacher=teacher, pairs=pairs)
     stream = BatchStream(dataset, cfg.batch, seed=cfg.seed, rank=world.rank, world_size=world.world_size)

@@ -147,7 +147,7 @@ class D2OLoss:
         seen = torch.cat([real, fake.detach()])
         if augment is not None:
             seen = augment(seen)
-        both = disc(seen, torch.cat([labels, labels]) if labels is not None else None)
+        both = disc(seen, torch.cat([labels, labels]) if labels is not None else None, segments=2)
         logits_real, logits_fake = both[:n], both[n:]
         loss = self.discriminator_term(logits_real, logits_fake)
         r1 = torch.zeros((), device=real.device)

@@ -220,6 +220,7 @@ class FinetuneConfig(RunConfig):
     disc_sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     disc_backbone: str | None = None
     disc_backbone_config: str | None = None
+    disc_mbstd: int = 0  # minibatch-stddev group size in D's heads (0: off)
     r1_gamma: float = 1e-4
     r1_interval: int = 16
     augment: str = "none"  # DiffAugment policy for what D sees (training.diffaugment)
@@ -263,6 +264,7 @@ class FinetuneConfig(RunConfig):
         except ValueError as e:
             raise ConfigError(f"field 'augment': {e}") from None
         _at_least("disc_width", self.disc_width, 1)
+        _at_least("disc_mbstd", self.disc_mbstd, 0)
         if not self.disc_sigmas or min(self.disc_sigmas) <= 0:
             raise ConfigError(f"field 'disc_sigmas' must be positive noise levels, got {list(self.disc_sigmas)}")
         _at_least("r1_gamma", self.r1_gamma, 0)

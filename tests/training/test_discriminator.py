@@ -18,6 +18,7 @@ from training.discriminator import (
     count_trainable,
     feature_distance,
     load_backbone,
+    minibatch_stddev,
 )
 
 
@@ -59,6 +60,50 @@ def test_class_projection_and_state_round_trip():
     assert torch.equal(d(x, y), d2(x, y))
     with pytest.raises(ValueError, match="labels are required"):
         d(x, None)
+
+
+def test_minibatch_stddev_groups_stay_inside_segments():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(8, 3, 2, 2, generator=g)
+    out = minibatch_stddev(h, group=2, segments=2)
+    assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], h)
+    for start in range(0, 8, 2):  # groups of 2 consecutive samples, the spread over them, averaged
+        pair = h[start : start + 2]
+        expected = (pair.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        assert torch.allclose(out[start : start + 2, 3], expected.expand(2, 2, 2))
+    # Group 4 in two segments of 4: changing the second segment leaves the first one's channel as it was.
+    other = h.clone()
+    other[4:] = 0
+    first, second = minibatch_stddev(h, 4, 2), minibatch_stddev(other, 4, 2)
+    assert torch.equal(first[:4], second[:4]) and not torch.equal(first[4:], second[4:])
+    # Identical members: (almost) no spread; a part of 3 with group 4 has groups of gcd(3, 4) = 1.
+    assert minibatch_stddev(h[:1].expand(4, 3, 2, 2), 4)[:, 3].max() < 1e-3
+    assert torch.allclose(minibatch_stddev(h[:6], 4, 2)[:, 3], torch.full((6, 2, 2), 1e-4))
+    with pytest.raises(ValueError, match="equal segments"):
+        minibatch_stddev(h[:7], 4, 2)
+
+
+def test_mbstd_disc_judges_each_sample_by_its_group():
+    teacher = tiny_denoiser()
+    d = build_discriminator(
+        "teacher", teacher=teacher, img_channels=1, img_resolution=16, label_dim=10, mbstd_group=2
+    ).eval()
+    plain = build_discriminator("teacher", teacher=teacher, img_channels=1, img_resolution=16, label_dim=10).eval()
+    # conv1 of every head takes one input channel more: 3x3 weights to each of its 64 outputs.
+    assert count_trainable(d) - count_trainable(plain) == 9 * 64 * len(d.heads)
+    x, y = _batch(4)
+    swapped = x.clone()
+    swapped[1] = x[3]
+    swapped[3] = x[1]
+    # Sample 0's logit moves when its group mate changes; without the layer it would not.
+    assert not torch.allclose(d(x, y)[0], d(swapped, y)[0])
+    assert torch.allclose(plain(x, y)[0], plain(swapped, y)[0])
+    # segments=2 keeps reals (first half) and fakes (second half) apart: the reals' logits ignore the fakes.
+    both = torch.cat([x, torch.zeros_like(x)])
+    labels = torch.cat([y, y])
+    assert torch.allclose(d(both, labels, segments=2)[:4], d(x, y), atol=1e-6)
+    with pytest.raises(ValueError, match="mbstd_group"):
+        build_discriminator("scratch", teacher=None, img_channels=1, img_resolution=16, label_dim=10, mbstd_group=-1)
 
 
 def test_unconditional_disc():

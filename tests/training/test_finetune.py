@@ -198,6 +198,23 @@ def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp
     assert gen(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1])).shape == (2, 1, 16, 16)
 
 
+def test_minibatch_stddev_disc_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
+    args = [
+        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
+        "--disc-width", "16", "--disc-mbstd", "2", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
+        "--duration", str(4 * BATCH / 1000), "--threads", "1", "--outdir", str(tmp_path), "--max-steps", "2",
+    ]  # fmt: skip
+    half = main(args)
+    run = Path(half["run_dir"])
+    assert json.loads((run / "config.json").read_text())["disc_mbstd"] == 2
+    resumed = main(["--resume", str(run)])  # D's heads are rebuilt with the extra channel, or its state won't load
+    assert resumed["step"] == 4
+    state = load_state(run / "training-state.pt")
+    assert state["task"]["d"]["heads.0.conv1.parametrizations.weight.original"].shape[1] == 16 + 1
+    cfg = make_cfg(tiny_denoiser_dir, tmp_path / "plain")
+    assert cfg.disc_mbstd == 0  # off unless asked for; a run dir from before the option resumes with it off
+
+
 def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
     pairs = tmp_path / "pairs"
     make_pairs(tiny_denoiser_dir, 6, pairs, nfe=1, chunk=4, log=lambda msg: None)

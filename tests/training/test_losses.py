@@ -73,8 +73,8 @@ class LinearD(nn.Module):
         super().__init__()
         self.w = nn.Parameter(weights)  # [L, C, H, W]
 
-    def forward(self, x, labels):
-        self.labels = labels
+    def forward(self, x, labels, segments=1):
+        self.labels, self.segments = labels, segments
         logits = torch.einsum("nchw,lchw->nl", x, self.w)
         return logits if labels is None else logits + 100 * labels[:, None].float()
 
@@ -121,6 +121,7 @@ def test_discriminator_loss_adds_r1_only_on_its_steps():
     fake = torch.randn(3, 1, 3, 3, requires_grad=True)
     on = loss.discriminator_loss(d, real, fake, labels, step=2)
     assert torch.equal(d.labels, torch.cat([labels, labels]))  # reals and fakes in one forward, each with its label
+    assert d.segments == 2  # ... as two segments, so no batch statistic mixes them
     assert on.penalty.item() == pytest.approx(w.sum(0).square().sum().item(), rel=1e-6)
     assert on.r1.item() == pytest.approx(on.penalty.item() * 0.5 / 2 * 2)
     assert on.total.item() == pytest.approx(on.loss.item() + on.r1.item())
