@@ -238,7 +238,6 @@ class Discriminator(nn.Module):
             raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {mbstd_group}")
         self.backbone = backbone
         self.label_dim = label_dim
-        self.mbstd_group = mbstd_group
         self.heads = nn.ModuleList(ProjectionHead(c, width, label_dim, mbstd_group) for c in backbone.channels)
 
     @property
