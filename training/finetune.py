@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-path", default=None, help="directory of the data set files where the spec needs one")
     g = p.add_argument_group("method")
     g.add_argument("--objective", default="gan", choices=OBJECTIVES, help="gan is D2O; distill is the baseline")
-    g.add_argument("--freeze", default="d2o-f", choices=FREEZE_MODES, help="d2o-f freezes the block convs (D2O-F)")
+    g.add_argument(
+        "--freeze",
+        default="d2o-f",
+        choices=FREEZE_MODES,
+        help="d2o-f freezes the block convs (D2O-F); d2o-f-encoder / d2o-f-decoder only the encoder's / decoder's",
+    )
     g.add_argument("--disc", default="teacher", choices=DISCS, help="D: frozen teacher encoder, scratch, or a file")
     g.add_argument("--disc-width", type=int, default=64, help="channels of each discriminator head")
     g.add_argument(

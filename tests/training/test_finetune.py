@@ -48,7 +48,7 @@ def run_steps(task, stream, steps: range) -> list[dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("disc, freeze", [("teacher", "d2o-f"), ("scratch", "none")])
+@pytest.mark.parametrize("disc, freeze", [("teacher", "d2o-f"), ("scratch", "none"), ("teacher", "d2o-f-decoder")])
 def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path: Path, disc: str, freeze: str):
     task, stream = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--disc", disc, "--freeze", freeze), World())
     teacher = load_model(tiny_denoiser_dir).state_dict()
@@ -58,11 +58,13 @@ def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path:
     frozen = set(frozen_names(task.net, freeze)) if freeze != "none" else set(frozen_names(task.net, "d2o-f"))
     changed = {k for k in teacher if not torch.equal(teacher[k], g[k])}
     assert changed, "G did not move"
-    if freeze == "d2o-f":
-        assert task.freeze.fraction > 0.5
+    if freeze != "none":
+        assert task.freeze.fraction > 0.2
         assert not changed & frozen  # frozen tensors bit-identical, in G and in its EMA
         assert all(torch.equal(teacher[k], ema[k]) for k in frozen)
         assert changed <= {n for n, p in task.net.named_parameters() if p.requires_grad}
+        if freeze == "d2o-f-decoder":  # the encoder's block convs, which D2O-F freezes, train here
+            assert changed & (set(frozen_names(task.net, "d2o-f")) - frozen)
     else:
         assert task.freeze.frozen_params == 0 and changed & frozen  # the block convs train too
 

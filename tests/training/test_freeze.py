@@ -1,4 +1,5 @@
-"""D2O-F freeze rule: which names it freezes, and the frozen fraction on the paper's CIFAR-10 network."""
+"""D2O-F freeze rule: which names it freezes, the frozen fraction on the paper's CIFAR-10 network, and the
+encoder-only and decoder-only modes."""
 
 from __future__ import annotations
 
@@ -56,3 +57,43 @@ def test_none_trains_everything_and_modes_are_checked():
     assert report.frozen_params == 0 and all(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError, match="freeze mode"):
         apply_freeze(net, "all")
+
+
+@pytest.mark.parametrize(
+    "name, encoder, decoder",
+    [
+        ("model.enc.32x32_block0.conv0.weight", True, False),
+        ("model.enc.16x16_block3.proj.weight", True, False),
+        ("model.dec.16x16_up.conv1.weight", False, True),
+        ("model.dec.8x8_in0.conv0.weight", False, True),
+        ("model.dec.16x16_block0.skip.weight", False, False),
+        ("model.enc.32x32_conv.weight", False, False),
+        ("model.out_conv.weight", False, False),
+    ],
+)
+def test_partial_modes_apply_the_rule_in_one_half(name: str, encoder: bool, decoder: bool):
+    class OneParameter(torch.nn.Module):  # a parameter under exactly this dotted name
+        def named_parameters(self, *args, **kwargs):  # type: ignore[override]
+            yield name, torch.nn.Parameter(torch.zeros(1))
+
+    assert (name in frozen_names(OneParameter(), "d2o-f-encoder")) is encoder
+    assert (name in frozen_names(OneParameter(), "d2o-f-decoder")) is decoder
+
+
+@pytest.mark.parametrize(
+    "config, res, encoder, decoder", [("fmnist", 28, 0.1939, 0.6294), ("cifar10-ncsnpp", 32, 0.2924, 0.5516)]
+)
+def test_partial_modes_split_d2o_f_in_two(config: str, res: int, encoder: float, decoder: float):
+    """Encoder-only and decoder-only freeze disjoint sets whose union is D2O-F's, at the fractions the docs give."""
+    kw = network_config(config)
+    model_type = kw.pop("model_type")
+    channels = 1 if config == "fmnist" else 3
+    with torch.device("meta"):
+        net = D2OPrecond(img_resolution=res, img_channels=channels, label_dim=10, model_type=model_type, **kw)
+    enc, dec = set(frozen_names(net, "d2o-f-encoder")), set(frozen_names(net, "d2o-f-decoder"))
+    assert enc and dec and not enc & dec and enc | dec == set(frozen_names(net, "d2o-f"))
+    for mode, fraction in (("d2o-f-encoder", encoder), ("d2o-f-decoder", decoder)):
+        report = apply_freeze(net, mode)
+        assert abs(report.fraction - fraction) < 1e-4 and report.mode == mode
+        trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+        assert trainable == {n for n, _ in net.named_parameters()} - set(frozen_names(net, mode))
