@@ -59,7 +59,7 @@ def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path:
     changed = {k for k in teacher if not torch.equal(teacher[k], g[k])}
     assert changed, "G did not move"
     if freeze != "none":
-        assert task.freeze.fraction > 0.2
+        assert task.freeze.fraction > 0.5  # D2O-F 0.79, decoder-only 0.66 on the tiny net
         assert not changed & frozen  # frozen tensors bit-identical, in G and in its EMA
         assert all(torch.equal(teacher[k], ema[k]) for k in frozen)
         assert changed <= {n for n, p in task.net.named_parameters() if p.requires_grad}
