@@ -9,6 +9,8 @@ half-life is min(halflife_kimg * 1000, r * images seen), so early averages do no
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,3 +41,33 @@ class EMA:
         for avg_buf, live_buf in zip(self.net.buffers(), net.buffers(), strict=True):
             avg_buf.copy_(live_buf)
         return beta
+
+
+@dataclass(frozen=True)
+class EMATrack:
+    """One more average of the same run's weights (``--ema-extra``): its half-life, ramp-up and where it goes.
+
+    An EMA does not change training, so one run can keep several and compare them afterwards at no extra
+    training cost; each track's snapshots go to ``RUN_DIR/<dirname>/network-snapshot-KKKKKK``, which
+    ``training.evaluate`` and ``training.generate`` read as a run dir of its own.
+    """
+
+    halflife_kimg: float
+    rampup_ratio: float
+
+    @property
+    def dirname(self) -> str:
+        return f"ema-{self.halflife_kimg:g}kimg-rampup{self.rampup_ratio:g}"
+
+
+def parse_ema_track(text: str, default_rampup: float) -> EMATrack:
+    """``HALFLIFE_KIMG`` (the run's ramp-up) or ``HALFLIFE_KIMG:RAMPUP``, both positive."""
+    head, sep, tail = text.strip().partition(":")
+    try:
+        halflife = float(head)
+        rampup = float(tail) if sep else float(default_rampup)
+    except ValueError:
+        raise ValueError(f"EMA track {text!r}: expected HALFLIFE_KIMG or HALFLIFE_KIMG:RAMPUP, numbers") from None
+    if not (halflife > 0 and rampup > 0) or not all(map(math.isfinite, (halflife, rampup))):
+        raise ValueError(f"EMA track {text!r}: half-life and ramp-up must be positive and finite")
+    return EMATrack(halflife, rampup)

@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--d-lr", type=float, default=1e-4, help="discriminator Adam learning rate")
     g.add_argument("--ema-halflife-kimg", type=float, default=500, help="EMA half-life of G")
     g.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life ramp: at most this x images seen")
+    g.add_argument(
+        "--ema-extra",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        default=[],
+        metavar="H[:R],...",
+        help="more EMAs of G to keep beside the main one (half-life kimg H, ramp-up R, default --ema-rampup); "
+        "each writes RUN_DIR/ema-Hkimg-rampupR/network-snapshot-*, for comparing averages without another run",
+    )
     g.add_argument("--dropout", type=float, default=0.0, help="G's dropout during the fine-tune (the paper: 0)")
     g.add_argument("--seed", type=int, default=0, help="seed for D init, data order, noise and pair order")
     g = p.add_argument_group("I/O")

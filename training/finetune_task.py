@@ -30,7 +30,7 @@ from training.datasets import BatchStream, open_dataset
 from training.diffaugment import DiffAugment, draw
 from training.discriminator import Discriminator, TeacherEncoder, build_discriminator, count_trainable
 from training.distributed import World, broadcast_module
-from training.ema import EMA
+from training.ema import EMA, EMATrack
 from training.freeze import FreezeReport, apply_freeze
 from training.images import GRID_SEED, grid_labels
 from training.losses import Augment, D2OLoss, DistillLoss
@@ -105,6 +105,7 @@ class FinetuneTask:
         self.g_params = [p for p in self.net.parameters() if p.requires_grad]
         self.g_opt = torch.optim.Adam(self.g_params, lr=cfg.g_lr, betas=(0.0, 0.99), eps=1e-8)
         self.ema = EMA(self.net, halflife_kimg=cfg.ema_halflife_kimg, rampup_ratio=cfg.ema_rampup)
+        self.ema_tracks = [(tr, EMA(self.net, tr.halflife_kimg, tr.rampup_ratio)) for tr in cfg.ema_tracks()]
         self.gan_loss = D2OLoss(r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
         self.disc = disc
         if self.use_gan:
@@ -285,7 +286,8 @@ class FinetuneTask:
         stats.update(g_sums)
         self._step(self.g_opt, self.g_params)
         self.scaler.update()
-        self.ema.update(self.net, self.batch_size, images_seen + self.batch_size)
+        for ema in [self.ema, *(ema for _, ema in self.ema_tracks)]:
+            ema.update(self.net, self.batch_size, images_seen + self.batch_size)
         return stats
 
     def _step(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
@@ -307,6 +309,8 @@ class FinetuneTask:
             g_opt=self.g_opt.state_dict(),
             last_r1=self.last_r1,
         )
+        if self.ema_tracks:
+            state["ema_extra"] = {track.dirname: ema.net.state_dict() for track, ema in self.ema_tracks}
         if self.use_gan:
             state.update(d=self.disc.trainable_state_dict(), d_opt=self.d_opt.state_dict())
         if self.scaler.is_enabled():
@@ -316,6 +320,11 @@ class FinetuneTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["g"])
         self.ema.net.load_state_dict(state["ema"])
+        for track, ema in self.ema_tracks:
+            saved = state.get("ema_extra", {})
+            if track.dirname not in saved:
+                raise ValueError(f"the training state holds no EMA track {track.dirname} (it has {sorted(saved)})")
+            ema.net.load_state_dict(saved[track.dirname])
         self.g_opt.load_state_dict(state["g_opt"])
         self.last_r1 = float(state.get("last_r1", 0.0))
         if self.use_gan:
@@ -339,9 +348,16 @@ class FinetuneTask:
         return torch.cat(out).clamp(-1, 1)
 
     def export_model(self, out_dir: Path, images_seen: int) -> None:
+        """The main EMA to ``out_dir``; each extra track to ``<dir of out_dir>/<track dirname>/<name of out_dir>``."""
+        cfg = self.cfg
+        self._save_generator(self.ema.net, EMATrack(cfg.ema_halflife_kimg, cfg.ema_rampup), out_dir, images_seen)
+        for track, ema in self.ema_tracks:
+            self._save_generator(ema.net, track, out_dir.parent / track.dirname / out_dir.name, images_seen)
+
+    def _save_generator(self, net: torch.nn.Module, track: EMATrack, out_dir: Path, images_seen: int) -> None:
         cfg = self.cfg
         save_model(
-            self.ema_generator(),
+            OneStepGenerator(net, sigma=self.g.sigma),
             out_dir,
             name=cfg.desc,
             class_names=list(cfg.class_names) or None,
@@ -355,6 +371,7 @@ class FinetuneTask:
                     objective=cfg.objective,
                     augment=cfg.augment,
                     disc=cfg.disc,
+                    ema=dict(halflife_kimg=track.halflife_kimg, rampup=track.rampup_ratio),
                     teacher=dict(cfg.teacher_info) if cfg.teacher_info is not None else {"path": cfg.teacher},
                 ),
             ),

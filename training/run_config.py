@@ -25,6 +25,7 @@ from training.checkpoint import read_json_object
 from training.configs import NETWORK_CONFIGS
 from training.diffaugment import parse_policy
 from training.discriminator import DEFAULT_SIGMAS
+from training.ema import EMATrack, parse_ema_track
 from training.freeze import FREEZE_MODES
 from training.precond import SIGMA_MAX
 from training.steps import PRECISIONS
@@ -237,6 +238,7 @@ class FinetuneConfig(RunConfig):
     d_lr: float = 1e-4
     ema_halflife_kimg: float = 500
     ema_rampup: float = 0.05
+    ema_extra: tuple[str, ...] = ()  # more EMA tracks of G, HALFLIFE_KIMG[:RAMPUP] each (training.ema.EMATrack)
     dropout: float = 0.0
     seed: int = 0
     # I/O
@@ -273,6 +275,21 @@ class FinetuneConfig(RunConfig):
         _at_least("g_lr", self.g_lr, 0)
         _at_least("d_lr", self.d_lr, 0)
         _at_least("grid_size", self.grid_size, 0)
+        self.ema_tracks()
+
+    def ema_tracks(self) -> list[EMATrack]:
+        """The extra EMA tracks, checked: each parses, and no two (nor one and the run's own EMA) are the same."""
+        tracks, seen = [], {EMATrack(self.ema_halflife_kimg, self.ema_rampup)}
+        for text in self.ema_extra:
+            try:
+                track = parse_ema_track(text, self.ema_rampup)
+            except ValueError as e:
+                raise ConfigError(f"field 'ema_extra': {e}") from None
+            if track in seen:
+                raise ConfigError(f"field 'ema_extra': {text!r} repeats an EMA the run already keeps")
+            seen.add(track)
+            tracks.append(track)
+        return tracks
 
     @property
     def use_gan(self) -> bool:

@@ -19,6 +19,7 @@ from training.distributed import World, init_distributed, shutdown_distributed
 from training.finetune import main, parse_args, run_config_from_args
 from training.finetune_task import _average_grads, build_task
 from training.freeze import frozen_names
+from training.generation import load_for_generation
 from training.pairs import make_pairs
 from training.run_config import FinetuneConfig
 
@@ -198,6 +199,55 @@ def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp
     assert meta["stage"] == "finetune" and meta["images_seen"] == 6 * BATCH and meta["freeze"] == "d2o-f"
     assert meta["objective"] == "gan" and meta["disc"] == "teacher" and meta["teacher"]["fingerprint"]
     assert gen(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1])).shape == (2, 1, 16, 16)
+
+
+def test_extra_ema_tracks_leave_training_alone_resume_and_load_as_run_dirs(tiny_denoiser_dir: Path, tmp_path: Path):
+    """An --ema-extra track holds exactly the main EMA of a run configured with its half-life (the same steps),
+    survives a resume bit for bit, and its dir reads as a run dir of its own."""
+    common = [
+        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
+        "--disc-width", "16", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
+        "--duration", str(6 * BATCH / 1000), "--threads", "1",
+    ]  # fmt: skip
+    tracked = [*common, "--ema-halflife-kimg", "0.05", "--ema-rampup", "0.05", "--ema-extra", "0.01:0.5, 0.2"]
+    full = main([*tracked, "--outdir", str(tmp_path / "a")])
+    alone = main([*common, "--ema-halflife-kimg", "0.01", "--ema-rampup", "0.5", "--outdir", str(tmp_path / "b")])
+    half = main([*tracked, "--outdir", str(tmp_path / "c"), "--max-steps", "3"])
+    resumed = main(["--resume", half["run_dir"]])
+    assert full["step"] == alone["step"] == resumed["step"] == 6
+
+    run = Path(full["run_dir"])
+    assert json.loads((run / "config.json").read_text())["ema_extra"] == ["0.01:0.5", "0.2"]
+    state = load_state(run / "training-state.pt")["task"]
+    other = load_state(Path(alone["run_dir"]) / "training-state.pt")["task"]
+    assert sorted(state["ema_extra"]) == ["ema-0.01kimg-rampup0.5", "ema-0.2kimg-rampup0.05"]
+    for k, v in other["g"].items():  # keeping more averages does not change a step
+        assert torch.equal(state["g"][k], v), k
+    for k, v in other["ema"].items():
+        assert torch.equal(state["ema_extra"]["ema-0.01kimg-rampup0.5"][k], v), k
+    assert any(not torch.equal(state["ema"][k], v) for k, v in other["ema"].items())  # a different average
+
+    again = _state_tensors(load_state(Path(resumed["run_dir"]) / "training-state.pt")["task"]["ema_extra"])
+    for k, v in _state_tensors(state["ema_extra"]).items():
+        assert torch.equal(again[k], v), k
+
+    track_dir = run / "ema-0.01kimg-rampup0.5"
+    model, config, model_dir = load_for_generation(track_dir)
+    assert model_dir.parent == track_dir and model_dir.name.startswith("network-snapshot-")
+    assert config.training["ema"] == {"halflife_kimg": 0.01, "rampup": 0.5}
+    assert read_model_config(sorted(run.glob("network-snapshot-*"))[-1]).training["ema"]["halflife_kimg"] == 0.05
+    main_snapshot_state = other["ema"]
+    for k, v in model.denoiser.state_dict().items():
+        assert torch.equal(v, main_snapshot_state[k]), k
+
+
+def test_bad_extra_ema_tracks_are_refused(tiny_denoiser_dir: Path, tmp_path: Path):
+    for bad, reason in [("x", "numbers"), ("0", "positive"), ("5:-1", "positive"), ("1,1.0", "repeats")]:
+        with pytest.raises(ValueError, match=reason):
+            make_cfg(tiny_denoiser_dir, tmp_path, "--ema-halflife-kimg", "3", "--ema-extra", bad)
+    with pytest.raises(ValueError, match="repeats"):  # the run's own EMA (its ramp-up is the default)
+        make_cfg(tiny_denoiser_dir, tmp_path, "--ema-halflife-kimg", "3", "--ema-extra", "3")
+    assert make_cfg(tiny_denoiser_dir, tmp_path, "--ema-halflife-kimg", "3", "--ema-extra", "3:0.3").ema_extra
 
 
 def test_minibatch_stddev_disc_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
