@@ -82,7 +82,10 @@ def resolve_sources(spec: str) -> list[Source]:
     parts = [p for p in paths.split(",") if p.strip()]
     if not name or len(parts) < 2:
         raise CheckpointError(f"--model {spec}: a group is NAME=DIR,DIR[,DIR...] (at least two dirs, one name)")
-    members = [resolve_source(f"{name}/{Path(p).name}={p}") for p in parts]
+    names = [Path(p.strip()).name for p in parts]
+    if len(set(names)) < len(names):  # e.g. the same --ema-extra track of several runs: name it by its run too
+        names = ["/".join(Path(p.strip()).parts[-2:]) for p in parts]
+    members = [resolve_source(f"{name}/{member}={p}") for member, p in zip(names, parts, strict=True)]
     if len({m.label for m in members}) < len(members):
         raise CheckpointError(f"--model {spec}: two members share a dir name; name each dir differently")
     if len({m.kind for m in members}) > 1:

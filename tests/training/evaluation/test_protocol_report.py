@@ -5,6 +5,7 @@ fine-tune seeds, the budget curve, and clear refusals."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from training.evaluate import main
 from training.evaluation import pipeline
 from training.evaluation.curves import crossing, group_curves, pick_snapshots
 from training.evaluation.options import EvalOptions
+from training.evaluation.sources import resolve_sources
 from training.generate import main as generate
 from training.images import to_uint8
 from training.precond import D2OPrecond, OneStepGenerator
@@ -130,6 +132,23 @@ def test_group_reports_mean_and_sd_over_fine_tune_seeds(models, tmp_path):
     assert "## Mean ± sd over fine-tune seeds" in text
     for r in members:
         assert f"{r['label']} (seed {r['run_seed']}) {r['fd']:.4g}" in text
+
+
+def test_group_of_ema_tracks_names_members_by_their_runs(models, tmp_path):
+    """The same --ema-extra track of three runs shares its dir name: members are named by run and track, and each
+    takes its seed from its run's config.json."""
+    tracks = []
+    for run in models["seeds"]:
+        track = tmp_path / run.name / "ema-10kimg-rampup0.2"
+        shutil.copytree(run / "network-snapshot-000002", track / "network-snapshot-000002")
+        shutil.copy(run / "config.json", tmp_path / run.name / "config.json")
+        tracks.append(track)
+    members = resolve_sources("ema10=" + ",".join(str(t) for t in tracks))
+    assert [m.label for m in members] == [f"ema10/{r.name}/ema-10kimg-rampup0.2" for r in models["seeds"]]
+    assert [m.run_seed for m in members] == [0, 1, 2] and {m.group for m in members} == {"ema10"}
+    assert [m.run_dir for m in members] == tracks
+    plain = resolve_sources("d2o-f=" + ",".join(str(r) for r in models["seeds"]))  # distinct names stay short
+    assert [m.label for m in plain] == [f"d2o-f/{r.name}" for r in models["seeds"]]
 
 
 def test_budget_curve_has_a_point_per_snapshot(models, tmp_path):
