@@ -320,8 +320,8 @@ class FinetuneTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["g"])
         self.ema.net.load_state_dict(state["ema"])
+        saved = state.get("ema_extra", {})
         for track, ema in self.ema_tracks:
-            saved = state.get("ema_extra", {})
             if track.dirname not in saved:
                 raise ValueError(f"the training state holds no EMA track {track.dirname} (it has {sorted(saved)})")
             ema.net.load_state_dict(saved[track.dirname])
@@ -333,8 +333,9 @@ class FinetuneTask:
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
-    def ema_generator(self) -> OneStepGenerator:
-        return OneStepGenerator(self.ema.net, sigma=self.g.sigma)
+    def ema_generator(self, net: torch.nn.Module | None = None) -> OneStepGenerator:
+        """A one-step generator around ``net`` (default: the main EMA of G)."""
+        return OneStepGenerator(self.ema.net if net is None else net, sigma=self.g.sigma)
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
@@ -350,14 +351,14 @@ class FinetuneTask:
     def export_model(self, out_dir: Path, images_seen: int) -> None:
         """The main EMA to ``out_dir``; each extra track to ``<dir of out_dir>/<track dirname>/<name of out_dir>``."""
         cfg = self.cfg
-        self._save_generator(self.ema.net, EMATrack(cfg.ema_halflife_kimg, cfg.ema_rampup), out_dir, images_seen)
+        self._save_generator(self.ema.net, cfg.main_ema_track, out_dir, images_seen)
         for track, ema in self.ema_tracks:
             self._save_generator(ema.net, track, out_dir.parent / track.dirname / out_dir.name, images_seen)
 
     def _save_generator(self, net: torch.nn.Module, track: EMATrack, out_dir: Path, images_seen: int) -> None:
         cfg = self.cfg
         save_model(
-            OneStepGenerator(net, sigma=self.g.sigma),
+            self.ema_generator(net),
             out_dir,
             name=cfg.desc,
             class_names=list(cfg.class_names) or None,

@@ -277,9 +277,14 @@ class FinetuneConfig(RunConfig):
         _at_least("grid_size", self.grid_size, 0)
         self.ema_tracks()
 
+    @property
+    def main_ema_track(self) -> EMATrack:
+        """The run's own EMA of G (``ema_halflife_kimg``, ``ema_rampup``), the one its snapshots hold."""
+        return EMATrack(self.ema_halflife_kimg, self.ema_rampup)
+
     def ema_tracks(self) -> list[EMATrack]:
         """The extra EMA tracks, checked: each parses, and no two (nor one and the run's own EMA) are the same."""
-        tracks, seen = [], {EMATrack(self.ema_halflife_kimg, self.ema_rampup)}
+        tracks, seen = [], {self.main_ema_track}
         for text in self.ema_extra:
             try:
                 track = parse_ema_track(text, self.ema_rampup)
