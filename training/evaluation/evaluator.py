@@ -41,7 +41,8 @@ class SetResult:
 
 class Evaluator:
     """Holds the reference features and measures sample sets against them in ``extractor``'s feature space
-    (plus Inception's, for an FID column, where ``inception`` is given)."""
+    (plus Inception's, for an FID column, where ``inception`` is given; by class, where ``reference_labels``
+    are given and the samples are conditional)."""
 
     def __init__(
         self,
@@ -51,8 +52,10 @@ class Evaluator:
         reference_grid: torch.Tensor | None = None,
         inception: FeatureExtractor | None = None,
         log: Log = print,
+        reference_labels: torch.Tensor | None = None,
     ):
         self.extractor = extractor
+        self.real_labels = reference_labels  # for precision and recall by class (None: overall figures only)
         self.options = options
         self.inception = inception
         self.log = log
@@ -110,6 +113,8 @@ class Evaluator:
             labels[:count] if conditional else None,
             kid_subsets=self.options.kid_subsets,
             kid_subset_size=self.options.kid_subset_size,
+            real_labels=self.real_labels if conditional else None,
+            num_classes=self.extractor.num_classes if conditional else 0,
         )
         fid = None
         if inc is not None and self.real_inception is not None:

@@ -117,13 +117,13 @@ def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     return radii
 
 
-def _coverage(manifold: torch.Tensor, radii: torch.Tensor, probes: torch.Tensor, chunk: int) -> float:
-    """Fraction of ``probes`` inside at least one ball (manifold row, its radius)."""
-    inside = 0
+def _inside(manifold: torch.Tensor, radii: torch.Tensor, probes: torch.Tensor, chunk: int) -> torch.Tensor:
+    """For each row of ``probes``: whether it lies inside at least one ball (manifold row, its radius)."""
+    inside = torch.empty(probes.shape[0], dtype=torch.bool)
     for start in range(0, probes.shape[0], chunk):
         d = torch.cdist(probes[start : start + chunk], manifold)
-        inside += int((d <= radii[None, :]).any(dim=1).sum())
-    return inside / probes.shape[0]
+        inside[start : start + chunk] = (d <= radii[None, :]).any(dim=1)
+    return inside
 
 
 def precision_recall(
@@ -134,6 +134,15 @@ def precision_recall(
     Precision: fraction of fake samples within the real manifold; recall: fraction of real samples within
     the fake manifold. Use equal set sizes: the ball radii depend on the density of each set.
     """
+    fake_inside, real_inside = manifold_membership(real, fake, k, chunk)
+    return float(fake_inside.double().mean()), float(real_inside.double().mean())
+
+
+def manifold_membership(
+    real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = 3, chunk: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the tests behind precision and recall: (each fake row inside the real manifold, each real row
+    inside the fake manifold), as boolean vectors."""
     x = torch.as_tensor(_as_float64(real))
     y = torch.as_tensor(_as_float64(fake))
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
@@ -142,7 +151,22 @@ def precision_recall(
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
     real_radii = _kth_neighbour_radii(x, k, chunk)
     fake_radii = _kth_neighbour_radii(y, k, chunk)
-    return _coverage(x, real_radii, y, chunk), _coverage(y, fake_radii, x, chunk)
+    return _inside(x, real_radii, y, chunk), _inside(y, fake_radii, x, chunk)
+
+
+def share_by_class(inside: torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int) -> list[float | None]:
+    """The share of rows of each class 0..num_classes-1 for which ``inside`` holds (None for a class with no
+    rows). With the membership of :func:`manifold_membership`: recall by the real images' class (how much of
+    each class the samples cover) and precision by the samples' class; the overall figure is their
+    row-weighted mean."""
+    labels_t = torch.as_tensor(np.asarray(labels if not isinstance(labels, torch.Tensor) else labels.cpu())).long()
+    if labels_t.shape[0] != inside.shape[0]:
+        raise ValueError(f"{inside.shape[0]} rows for {labels_t.shape[0]} labels")
+    out: list[float | None] = []
+    for c in range(num_classes):
+        rows = inside[labels_t == c]
+        out.append(float(rows.double().mean()) if len(rows) else None)
+    return out
 
 
 def class_accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
@@ -163,6 +187,8 @@ class SetMetrics:
     recall: float
     class_accuracy: float | None = None
     count: int = 0
+    recall_by_class: list[float | None] | None = None  # by the real images' class (needs both sides' labels)
+    precision_by_class: list[float | None] | None = None  # by the class the samples were generated for
 
 
 def compare(
@@ -174,27 +200,33 @@ def compare(
     kid_subset_size: int = 1000,
     pr_k: int = 3,
     real_stats: FeatureStats | None = None,
+    real_labels: np.ndarray | torch.Tensor | None = None,
+    num_classes: int = 0,
 ) -> SetMetrics:
     """All metrics of one sample set against the reference features.
 
     ``real_stats``: the reference's mean and covariance where they were computed over more images than
     ``real_features`` holds (a statistics file keeps all images' moments and a fixed subset of their features,
     which KID and precision/recall use); by default they are computed from ``real_features``.
+    ``real_labels`` and ``num_classes``: with ``fake_labels``, also precision and recall by class.
     """
     real_stats = real_stats if real_stats is not None else FeatureStats.of(real_features)
     fake_stats = FeatureStats.of(fake_features)
     kid_mean, kid_std = kid(real_features, fake_features, kid_subsets, kid_subset_size)
     n = min(len(real_features), len(fake_features))
-    precision, recall = precision_recall(real_features[:n], fake_features[:n], k=pr_k)
+    fake_inside, real_inside = manifold_membership(real_features[:n], fake_features[:n], k=pr_k)
     acc = None
     if fake_logits is not None and fake_labels is not None:
         acc = class_accuracy(fake_logits, fake_labels)
+    by_class = real_labels is not None and fake_labels is not None and num_classes > 0
     return SetMetrics(
         fd=frechet_distance_stats(real_stats, fake_stats),
         kid=kid_mean,
         kid_std=kid_std,
-        precision=precision,
-        recall=recall,
+        precision=float(fake_inside.double().mean()),
+        recall=float(real_inside.double().mean()),
         class_accuracy=acc,
         count=len(fake_features),
+        recall_by_class=share_by_class(real_inside, real_labels[:n], num_classes) if by_class else None,
+        precision_by_class=share_by_class(fake_inside, fake_labels[:n], num_classes) if by_class else None,
     )

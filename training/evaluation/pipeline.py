@@ -107,7 +107,7 @@ def run_evaluation(
     reference, reference_labels = load_reference(data, data_path, resolution, channels, options, log)
     label_dim = sources[0].config.label_dim
     grid_idx = class_ordered(reference_labels, options.grid, label_dim)
-    evaluator = Evaluator(extractor, reference, options, reference[grid_idx], inception, log)
+    evaluator = Evaluator(extractor, reference, options, reference[grid_idx], inception, log, reference_labels)
     seeds = options.sample_seeds
     n = len(seeds)
     log(f"Samples: {n} per set from the {describe_seeds(seeds)}")
@@ -191,6 +191,7 @@ def run_evaluation(
         "inception": inception_path if inception is not None else None,
         "options": asdict(options),
         "reference_images": len(reference),
+        "class_names": list(sources[0].config.class_names),
         "seeds": seeds_record(seeds),
         "bootstrap": {"rounds": options.bootstrap, "level": 0.95, "seed": 0} if options.bootstrap else None,
         "results": [r.row() for r in results],

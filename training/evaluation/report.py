@@ -247,6 +247,56 @@ def _budget_section(m: dict[str, Any], name: str) -> list[str]:
     return lines
 
 
+def _class_section(m: dict[str, Any]) -> list[str]:
+    """Recall by the real images' class and precision by the samples' class, one row per set, and where the
+    one-step sets fall short of the best teacher's recall."""
+    rows = [r for r in m["results"] if r.get("recall_by_class")]
+    if not rows:
+        return []
+    count = len(rows[0]["recall_by_class"])
+    names = list(m.get("class_names") or [])
+    names = names if len(names) == count else [str(c) for c in range(count)]
+    head = "| set | " + " | ".join(names) + " | all |"
+    rule = "|---|" + "---|" * (count + 1)
+    lines = [
+        "",
+        "## Precision and recall by class",
+        "",
+        "Recall by the class of the real image (the share of each class's reference images inside the samples' "
+        "k-NN manifold) and precision by the class a sample was generated for; each overall figure is the mean of "
+        "its row weighted by class size. A set that covers a class less than another has lower recall there.",
+        "",
+        "Recall:",
+        "",
+        head,
+        rule,
+    ]
+    for key, title in (("recall_by_class", None), ("precision_by_class", "Precision:")):
+        if title:
+            lines += ["", title, "", head, rule]
+        overall = key.split("_by_")[0]
+        for r in rows:
+            cells = " | ".join(_fmt(v) for v in r[key])
+            lines.append(f"| {r['label']} | {cells} | {_fmt(r[overall])} |")
+    best = (m.get("summary") or {}).get("teacher_best")
+    teacher = next((r for r in rows if best and r["kind"] == "teacher" and r["label"] == best["label"]
+                    and r["nfe"] == best["nfe"]), None)  # fmt: skip
+    if teacher is not None:
+        lines.append("")
+        for r in (r for r in rows if r["kind"] == "one-step"):
+            gaps = [
+                (a - b, names[c])
+                for c, (a, b) in enumerate(zip(r["recall_by_class"], teacher["recall_by_class"], strict=True))
+                if a is not None and b is not None
+            ]
+            gaps.sort()
+            worst = ", ".join(f"{name} {gap:+.3f}" for gap, name in gaps[:3])
+            lines.append(
+                f"- {r['label']}: largest recall shortfalls against the teacher at NFE {teacher['nfe']}: {worst}."
+            )
+    return lines
+
+
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
     split = m.get("reference_split", "test")  # None: a folder, which has no splits
@@ -297,6 +347,7 @@ def render_report(m: dict[str, Any]) -> str:
     ]
     if m.get("groups"):
         lines += _groups_section(m, name)
+    lines += _class_section(m)
     s = m["summary"]
     lines += ["", "## Summary", ""]
     if "real_fd_floor" in s:

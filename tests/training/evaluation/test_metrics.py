@@ -10,7 +10,9 @@ from training.evaluation.metrics import (
     frechet_distance,
     frechet_distance_stats,
     kid,
+    manifold_membership,
     precision_recall,
+    share_by_class,
 )
 
 
@@ -111,3 +113,32 @@ def test_compare_bundles_all_metrics():
     m = compare(real, fake, logits, labels, kid_subsets=5, kid_subset_size=50)
     assert m.count == 100 and m.fd >= 0 and 0 <= m.precision <= 1 and 0 <= m.recall <= 1
     assert m.class_accuracy is not None
+
+
+def test_precision_and_recall_by_class_locate_a_missing_mode():
+    rng = np.random.default_rng(8)
+    # Real class 0 near the origin, class 1 far away; the samples all claim class 0 and cover only its mode,
+    # except 40 of them, labelled class 2, which land far from every real image.
+    real = np.concatenate([rng.normal(size=(200, 4)), rng.normal(size=(200, 4)) + 20])
+    real_labels = np.array([0] * 200 + [1] * 200)
+    fake = np.concatenate([rng.normal(size=(360, 4)), rng.normal(size=(40, 4)) - 50])
+    fake_labels = np.array([0] * 360 + [2] * 40)
+    fake_inside, real_inside = manifold_membership(real, fake)
+    assert fake_inside.dtype == torch.bool and real_inside.shape == (400,)
+    recall = share_by_class(real_inside, real_labels, 3)
+    precision = share_by_class(fake_inside, fake_labels, 3)
+    assert recall[0] > 0.8 and recall[1] == 0.0 and recall[2] is None
+    assert precision[0] > 0.9 and precision[1] is None and precision[2] == 0.0
+    # The overall figures are the class-size-weighted means of the rows.
+    p, r = precision_recall(real, fake)
+    assert r == pytest.approx((200 * recall[0] + 200 * recall[1]) / 400)
+    assert p == pytest.approx((360 * precision[0] + 40 * precision[2]) / 400)
+    m = compare(real, fake, rng.normal(size=(400, 3)), fake_labels, kid_subsets=3, kid_subset_size=50,
+                real_labels=real_labels, num_classes=3)  # fmt: skip
+    assert m.recall_by_class == recall and m.precision_by_class == precision
+    assert (m.precision, m.recall) == (p, r)
+    # Without the reals' labels: overall figures only.
+    m = compare(real, fake, rng.normal(size=(400, 3)), fake_labels, kid_subsets=3, kid_subset_size=50)
+    assert m.recall_by_class is None and m.precision_by_class is None
+    with pytest.raises(ValueError):
+        share_by_class(real_inside, real_labels[:10], 3)

@@ -112,6 +112,25 @@ def test_bootstrap_interval_holds_the_point_estimate(models, tmp_path):
     assert m["bootstrap"] is None and all(r["fd_ci"] is None for r in m["results"])
 
 
+def test_report_gives_precision_and_recall_by_class(models, tmp_path):
+    m = report(models, tmp_path / "c", "--model", f"teacher={models['teacher']}", "--model", str(models["generator"]),
+               "--num-samples", "20", "--nfe", "1", "--bootstrap", "0")  # fmt: skip
+    assert m["class_names"] == CLASSES
+    text = (tmp_path / "c" / "report.md").read_text()
+    assert "## Precision and recall by class" in text
+    assert "| set | " + " | ".join(CLASSES) + " | all |" in text
+    for r in m["results"]:
+        for key in ("recall", "precision"):
+            by_class = [v for v in r[f"{key}_by_class"] if v is not None]
+            assert len(r[f"{key}_by_class"]) == len(CLASSES) and by_class
+            # A class-size-weighted mean lies between its smallest and largest class.
+            assert min(by_class) - 1e-12 <= r[key] <= max(by_class) + 1e-12
+    gen = next(r for r in m["results"] if r["label"] == "gen")
+    cells = " | ".join("–" if v is None else f"{v:.3f}" for v in gen["recall_by_class"])
+    assert f"| gen | {cells} | {gen['recall']:.3f} |" in text
+    assert "- gen: largest recall shortfalls against the teacher at NFE 1:" in text
+
+
 def test_group_reports_mean_and_sd_over_fine_tune_seeds(models, tmp_path):
     group = "d2o-f=" + ",".join(str(r) for r in models["seeds"])
     m = report(models, tmp_path / "g", "--model", f"teacher={models['teacher']}", "--model", group,
