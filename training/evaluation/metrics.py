@@ -154,12 +154,17 @@ def manifold_membership(
     return _inside(x, real_radii, y, chunk), _inside(y, fake_radii, x, chunk)
 
 
+def _as_labels(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Class labels as a CPU int64 tensor."""
+    return torch.as_tensor(np.asarray(labels if not isinstance(labels, torch.Tensor) else labels.cpu())).long()
+
+
 def share_by_class(inside: torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int) -> list[float | None]:
     """The share of rows of each class 0..num_classes-1 for which ``inside`` holds (None for a class with no
     rows). With the membership of :func:`manifold_membership`: recall by the real images' class (how much of
     each class the samples cover) and precision by the samples' class; the overall figure is their
     row-weighted mean."""
-    labels_t = torch.as_tensor(np.asarray(labels if not isinstance(labels, torch.Tensor) else labels.cpu())).long()
+    labels_t = _as_labels(labels)
     if labels_t.shape[0] != inside.shape[0]:
         raise ValueError(f"{inside.shape[0]} rows for {labels_t.shape[0]} labels")
     out: list[float | None] = []
@@ -172,10 +177,10 @@ def share_by_class(inside: torch.Tensor, labels: np.ndarray | torch.Tensor, num_
 def class_accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
     """Share of conditional samples that the classifier assigns to the class they were generated for."""
     logits_t = torch.as_tensor(_as_float64(logits))
-    labels_t = torch.as_tensor(np.asarray(labels if not isinstance(labels, torch.Tensor) else labels.cpu()))
+    labels_t = _as_labels(labels)
     if logits_t.shape[0] != labels_t.shape[0]:
         raise ValueError(f"{logits_t.shape[0]} predictions for {labels_t.shape[0]} labels")
-    return float((logits_t.argmax(dim=1) == labels_t.long()).double().mean())
+    return float((logits_t.argmax(dim=1) == labels_t).double().mean())
 
 
 @dataclass

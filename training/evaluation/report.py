@@ -265,18 +265,11 @@ def _class_section(m: dict[str, Any]) -> list[str]:
         "Recall by the class of the real image (the share of each class's reference images inside the samples' "
         "k-NN manifold) and precision by the class a sample was generated for; each overall figure is the mean of "
         "its row weighted by class size. A set that covers a class less than another has lower recall there.",
-        "",
-        "Recall:",
-        "",
-        head,
-        rule,
     ]
-    for key, title in (("recall_by_class", None), ("precision_by_class", "Precision:")):
-        if title:
-            lines += ["", title, "", head, rule]
-        overall = key.split("_by_")[0]
+    for overall, title in (("recall", "Recall:"), ("precision", "Precision:")):
+        lines += ["", title, "", head, rule]
         for r in rows:
-            cells = " | ".join(_fmt(v) for v in r[key])
+            cells = " | ".join(_fmt(v) for v in r[f"{overall}_by_class"])
             lines.append(f"| {r['label']} | {cells} | {_fmt(r[overall])} |")
     best = (m.get("summary") or {}).get("teacher_best")
     teacher = next((r for r in rows if best and r["kind"] == "teacher" and r["label"] == best["label"]
