@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze",
         default="d2o-f",
         choices=FREEZE_MODES,
-        help="d2o-f freezes the block convs (D2O-F); d2o-f-encoder / d2o-f-decoder only the encoder's / decoder's",
+        help="d2o-f freezes the block convs (D2O-F); d2o-f-encoder / d2o-f-decoder only the encoder's / decoder's; "
+        "d2o-f-plus also the blocks' 1x1 skips and qkv",
     )
     g.add_argument("--disc", default="teacher", choices=DISCS, help="D: frozen teacher encoder, scratch, or a file")
     g.add_argument("--disc-width", type=int, default=64, help="channels of each discriminator head")
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_step_arguments(g)
     g.add_argument("--g-lr", type=float, default=1e-4, help="generator Adam learning rate")
     g.add_argument("--d-lr", type=float, default=1e-4, help="discriminator Adam learning rate")
+    g.add_argument(
+        "--g-lr-end",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="cosine decay of G's learning rate from --g-lr to LR over --duration (default: constant)",
+    )
     g.add_argument("--ema-halflife-kimg", type=float, default=500, help="EMA half-life of G")
     g.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life ramp: at most this x images seen")
     g.add_argument(

@@ -261,6 +261,9 @@ class FinetuneTask:
             )
 
         # G step.
+        g_lr = cfg.g_lr_at(images_seen)
+        for group in self.g_opt.param_groups:
+            group["lr"] = g_lr
         self.g_opt.zero_grad(set_to_none=True)
         pair_indices = self._pair_indices(step, per_rank) if self.use_distill else None
         g_sums: dict[str, float] = {}
@@ -284,6 +287,8 @@ class FinetuneTask:
                     g_sums["loss_distill"] = g_sums.get("loss_distill", 0.0) + loss_distill.item() * w
             self.scaler.scale(loss_g if whole else loss_g * w).backward()
         stats.update(g_sums)
+        if cfg.g_lr_end is not None:
+            stats["g_lr"] = g_lr
         self._step(self.g_opt, self.g_params)
         self.scaler.update()
         for ema in [self.ema, *(ema for _, ema in self.ema_tracks)]:

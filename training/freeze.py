@@ -15,6 +15,10 @@ about 84%; the abstract rounds to 85%), ``cifar10-ddpmpp`` 85.40% of 55.7M, ``im
 Two partial modes, ours (not the paper's), for ablating the frozen set: ``d2o-f-encoder`` applies the rule in the
 encoder only (``.enc.`` names; the decoder's convs train) and ``d2o-f-decoder`` in the decoder only (``.dec.``).
 On ``fmnist`` they freeze 19.39% and 62.94% of the parameters, on ``cifar10-ncsnpp`` 29.24% and 55.16%.
+A wider mode, also ours, ``d2o-f-plus``, freezes the same blocks' 1x1 ``skip`` convs and attention ``qkv`` as well,
+so that only the group norms, the embeddings, the ``affine`` layers and the input/output convs train: 89.41% of
+``fmnist``'s parameters frozen, 90.46% of ``cifar10-ncsnpp``'s (it asks whether freezing more keeps more of the
+teacher's diversity).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-FREEZE_MODES = ("none", "d2o-f", "d2o-f-encoder", "d2o-f-decoder")
+FREEZE_MODES = ("none", "d2o-f", "d2o-f-encoder", "d2o-f-decoder", "d2o-f-plus")
 _WHERE = re.compile(r"block|up|down|in")
 _WHAT = re.compile(r"conv|proj")
+#: What ``d2o-f-plus`` freezes in the same places, beyond D2O-F's convs and projections.
+_WHAT_PLUS = re.compile(r"conv|proj|skip|qkv")
 #: The part of the U-Net a partial mode restricts the D2O-F rule to (a name component, as in ``model.enc.*``).
 _SCOPE = {"d2o-f-encoder": "enc", "d2o-f-decoder": "dec"}
 
@@ -34,6 +40,13 @@ _SCOPE = {"d2o-f-encoder": "enc", "d2o-f-decoder": "dec"}
 def is_frozen_d2o_f(name: str) -> bool:
     """The D2O-F rule on one parameter name."""
     return bool(_WHERE.search(name)) and bool(_WHAT.search(name))
+
+
+def _frozen_in_mode(name: str, mode: str) -> bool:
+    if mode == "d2o-f-plus":
+        return bool(_WHERE.search(name)) and bool(_WHAT_PLUS.search(name))
+    scope = _SCOPE.get(mode)
+    return is_frozen_d2o_f(name) and (scope is None or scope in name.split("."))
 
 
 @dataclass(frozen=True)
@@ -71,12 +84,7 @@ def frozen_names(module: nn.Module, mode: str) -> list[str]:
         raise ValueError(f"freeze mode must be one of {FREEZE_MODES}, got {mode!r}")
     if mode == "none":
         return []
-    scope = _SCOPE.get(mode)
-    return [
-        name
-        for name, _ in module.named_parameters()
-        if is_frozen_d2o_f(name) and (scope is None or scope in name.split("."))
-    ]
+    return [name for name, _ in module.named_parameters() if _frozen_in_mode(name, mode)]
 
 
 def apply_freeze(module: nn.Module, mode: str) -> FreezeReport:

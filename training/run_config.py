@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -236,6 +237,7 @@ class FinetuneConfig(RunConfig):
     precision: str = "auto"
     g_lr: float = 1e-4
     d_lr: float = 1e-4
+    g_lr_end: float | None = None  # None: G's learning rate stays g_lr; else a cosine from g_lr to this at `duration`
     ema_halflife_kimg: float = 500
     ema_rampup: float = 0.05
     ema_extra: tuple[str, ...] = ()  # more EMA tracks of G, HALFLIFE_KIMG[:RAMPUP] each (training.ema.EMATrack)
@@ -274,8 +276,18 @@ class FinetuneConfig(RunConfig):
         _at_least("sigma", self.sigma, 0, strict=True)
         _at_least("g_lr", self.g_lr, 0)
         _at_least("d_lr", self.d_lr, 0)
+        _at_least("g_lr_end", self.g_lr_end, 0)
         _at_least("grid_size", self.grid_size, 0)
         self.ema_tracks()
+
+    def g_lr_at(self, images_seen: int) -> float:
+        """G's learning rate after ``images_seen`` images: ``g_lr``, or the cosine from it to ``g_lr_end`` over
+        ``duration`` (held at ``g_lr_end`` beyond). A function of the images seen, so a resumed run continues it;
+        resuming with another ``--duration`` stretches what is left of it."""
+        if self.g_lr_end is None:
+            return self.g_lr
+        progress = min(max(images_seen / max(self.duration * 1000, 1e-8), 0.0), 1.0)
+        return self.g_lr_end + (self.g_lr - self.g_lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @property
     def main_ema_track(self) -> EMATrack:

@@ -49,7 +49,9 @@ def run_steps(task, stream, steps: range) -> list[dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("disc, freeze", [("teacher", "d2o-f"), ("scratch", "none"), ("teacher", "d2o-f-decoder")])
+@pytest.mark.parametrize(
+    "disc, freeze", [("teacher", "d2o-f"), ("scratch", "none"), ("teacher", "d2o-f-decoder"), ("teacher", "d2o-f-plus")]
+)
 def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path: Path, disc: str, freeze: str):
     task, stream = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--disc", disc, "--freeze", freeze), World())
     teacher = load_model(tiny_denoiser_dir).state_dict()
@@ -60,7 +62,7 @@ def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path:
     changed = {k for k in teacher if not torch.equal(teacher[k], g[k])}
     assert changed, "G did not move"
     if freeze != "none":
-        assert task.freeze.fraction > 0.5  # D2O-F 0.79, decoder-only 0.66 on the tiny net
+        assert task.freeze.fraction > 0.5  # D2O-F 0.79, decoder-only 0.66, plus 0.87 on the tiny net
         assert not changed & frozen  # frozen tensors bit-identical, in G and in its EMA
         assert all(torch.equal(teacher[k], ema[k]) for k in frozen)
         assert changed <= {n for n, p in task.net.named_parameters() if p.requires_grad}
@@ -68,6 +70,18 @@ def test_steps_move_g_and_keep_frozen_tensors(tiny_denoiser_dir: Path, tmp_path:
             assert changed & (set(frozen_names(task.net, "d2o-f")) - frozen)
     else:
         assert task.freeze.frozen_params == 0 and changed & frozen  # the block convs train too
+
+
+def test_g_steps_follow_the_g_lr_schedule(tiny_denoiser_dir: Path, tmp_path: Path):
+    """With --g-lr-end each G step runs at the cosine's rate for the images seen so far; D's rate stays put."""
+    cfg = make_cfg(tiny_denoiser_dir, tmp_path, "--g-lr", "2e-4", "--g-lr-end", "2e-5", "--duration", "0.016")
+    task, stream = build_task(cfg, World())
+    for step, stats in enumerate(run_steps(task, stream, range(4))):
+        assert stats["g_lr"] == pytest.approx(cfg.g_lr_at(step * BATCH))
+    assert [g["lr"] for g in task.g_opt.param_groups] == [pytest.approx(cfg.g_lr_at(3 * BATCH))]
+    assert 2e-5 < task.g_opt.param_groups[0]["lr"] < 1e-4 and task.d_opt.param_groups[0]["lr"] == cfg.d_lr
+    constant = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--g-lr", "2e-4"), World())
+    assert "g_lr" not in run_steps(*constant, range(1))[0] and constant[0].g_opt.param_groups[0]["lr"] == 2e-4
 
 
 def test_r1_only_on_interval_and_scaled(tiny_denoiser_dir: Path, tmp_path: Path):
@@ -166,11 +180,12 @@ def _state_tensors(obj, prefix: str = "") -> dict[str, object]:
     return {prefix: obj}
 
 
-def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("schedule", [[], ["--g-lr-end", "1e-5"]], ids=["constant-lr", "cosine-g-lr"])
+def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp_path: Path, schedule: list[str]):
     common = [
         "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
         "--disc-width", "16", "--dropout", "0.1", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
-        "--duration", str(6 * BATCH / 1000), "--threads", "1",
+        "--duration", str(6 * BATCH / 1000), "--threads", "1", *schedule,
     ]  # fmt: skip
     full = main([*common, "--outdir", str(tmp_path / "a")])
     half = main([*common, "--outdir", str(tmp_path / "b"), "--max-steps", "3"])

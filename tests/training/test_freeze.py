@@ -1,5 +1,5 @@
 """D2O-F freeze rule: which names it freezes, the frozen fraction on the paper's CIFAR-10 network, and the
-encoder-only and decoder-only modes."""
+encoder-only, decoder-only and wider (d2o-f-plus) modes."""
 
 from __future__ import annotations
 
@@ -97,3 +97,23 @@ def test_partial_modes_split_d2o_f_in_two(config: str, res: int, encoder: float,
         assert abs(report.fraction - fraction) < 1e-4 and report.mode == mode
         trainable = {n for n, p in net.named_parameters() if p.requires_grad}
         assert trainable == {n for n, _ in net.named_parameters()} - set(frozen_names(net, mode))
+
+
+@pytest.mark.parametrize("config, res, fraction", [("fmnist", 28, 0.8941), ("cifar10-ncsnpp", 32, 0.9046)])
+def test_plus_mode_adds_the_blocks_skips_and_qkv_to_d2o_f(config: str, res: int, fraction: float):
+    """d2o-f-plus freezes D2O-F's set and the blocks' 1x1 skips and qkv, nothing else; norms, embeddings, affine
+    layers and the input/output convs still train."""
+    kw = network_config(config)
+    model_type = kw.pop("model_type")
+    channels = 1 if config == "fmnist" else 3
+    with torch.device("meta"):
+        net = D2OPrecond(img_resolution=res, img_channels=channels, label_dim=10, model_type=model_type, **kw)
+    base, plus = set(frozen_names(net, "d2o-f")), set(frozen_names(net, "d2o-f-plus"))
+    added = plus - base
+    assert base < plus and added
+    assert {name.split(".")[-2] for name in added} == {"skip", "qkv"}
+    report = apply_freeze(net, "d2o-f-plus")
+    assert abs(report.fraction - fraction) < 1e-4 and report.mode == "d2o-f-plus"
+    trainable = {n.split(".")[-2] for n, p in net.named_parameters() if p.requires_grad}
+    assert {"affine", "map_layer0", "map_label", "norm0"} <= trainable
+    assert not trainable & {"conv0", "conv1", "proj", "skip", "qkv"}

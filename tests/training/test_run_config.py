@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def test_configs_are_frozen_typed_and_name_their_run_dir():
         ({"disc_sigmas": 0.1}, "field 'disc_sigmas' must be a list"),
         ({"teacher_info": [1]}, "field 'teacher_info' must be a JSON object"),
         ({"tick": 0}, "field 'tick' must be > 0"),
+        ({"g_lr_end": -1e-5}, "field 'g_lr_end' must be >= 0"),
     ],
 )
 def test_bad_values_name_the_field_and_the_file(tmp_path, options, message):
@@ -116,3 +118,15 @@ def test_pretrain_checks_its_own_fields():
         PretrainConfig(arch="huge")
     with pytest.raises(ConfigError, match="field 'xflip' must be of type bool"):
         PretrainConfig.from_json({"xflip": 1})
+
+
+def test_g_lr_is_constant_or_a_cosine_over_the_duration():
+    assert FinetuneConfig(g_lr=2e-4).g_lr_at(0) == FinetuneConfig(g_lr=2e-4).g_lr_at(10**9) == 2e-4
+    cfg = FinetuneConfig(g_lr=2e-4, g_lr_end=5e-5, duration=60)
+    assert cfg.g_lr_at(0) == pytest.approx(2e-4)
+    assert cfg.g_lr_at(30_000) == pytest.approx(1.25e-4)  # half way: the mean of the two
+    assert cfg.g_lr_at(15_000) == pytest.approx(5e-5 + 1.5e-4 * (1 + 0.5**0.5) / 2)
+    assert cfg.g_lr_at(60_000) == pytest.approx(5e-5) and cfg.g_lr_at(90_000) == pytest.approx(5e-5)
+    rates = [cfg.g_lr_at(n) for n in range(0, 60_001, 1000)]
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert FinetuneConfig.from_json(cfg.to_json()).g_lr_at(20_000) == cfg.g_lr_at(20_000)
