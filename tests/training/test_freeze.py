@@ -12,6 +12,15 @@ from training.freeze import apply_freeze, frozen_names, is_frozen_d2o_f
 from training.precond import D2OPrecond
 
 
+def meta_network(config: str, res: int) -> D2OPrecond:
+    """A class-conditional D2OPrecond of ``config`` on the meta device: shapes and names only, no memory or init."""
+    kw = network_config(config)
+    model_type = kw.pop("model_type")
+    channels = 1 if config == "fmnist" else 3
+    with torch.device("meta"):
+        return D2OPrecond(img_resolution=res, img_channels=channels, label_dim=10, model_type=model_type, **kw)
+
+
 @pytest.mark.parametrize(
     "name, frozen",
     [
@@ -39,10 +48,7 @@ def test_rule_on_edm_names(name: str, frozen: bool):
 
 def test_cifar10_ncsnpp_fraction_matches_paper():
     """The paper reports about 84% of NCSN++'s CIFAR-10 parameters frozen; we measure 84.40% of 56.4M."""
-    kw = network_config("cifar10-ncsnpp")
-    model_type = kw.pop("model_type")
-    with torch.device("meta"):  # shapes only: 56M parameters without the memory or the init time
-        net = D2OPrecond(img_resolution=32, img_channels=3, label_dim=10, model_type=model_type, **kw)
+    net = meta_network("cifar10-ncsnpp", 32)  # 56M parameters without the memory or the init time
     report = apply_freeze(net, "d2o-f")
     assert 56.3e6 < report.total_params < 56.5e6
     assert abs(report.fraction - 0.84) < 0.01
@@ -85,11 +91,7 @@ def test_partial_modes_apply_the_rule_in_one_half(name: str, encoder: bool, deco
 )
 def test_partial_modes_split_d2o_f_in_two(config: str, res: int, encoder: float, decoder: float):
     """Encoder-only and decoder-only freeze disjoint sets whose union is D2O-F's, at the fractions the docs give."""
-    kw = network_config(config)
-    model_type = kw.pop("model_type")
-    channels = 1 if config == "fmnist" else 3
-    with torch.device("meta"):
-        net = D2OPrecond(img_resolution=res, img_channels=channels, label_dim=10, model_type=model_type, **kw)
+    net = meta_network(config, res)
     enc, dec = set(frozen_names(net, "d2o-f-encoder")), set(frozen_names(net, "d2o-f-decoder"))
     assert enc and dec and not enc & dec and enc | dec == set(frozen_names(net, "d2o-f"))
     for mode, fraction in (("d2o-f-encoder", encoder), ("d2o-f-decoder", decoder)):
@@ -103,11 +105,7 @@ def test_partial_modes_split_d2o_f_in_two(config: str, res: int, encoder: float,
 def test_plus_mode_adds_the_blocks_skips_and_qkv_to_d2o_f(config: str, res: int, fraction: float):
     """d2o-f-plus freezes D2O-F's set and the blocks' 1x1 skips and qkv, nothing else; norms, embeddings, affine
     layers and the input/output convs still train."""
-    kw = network_config(config)
-    model_type = kw.pop("model_type")
-    channels = 1 if config == "fmnist" else 3
-    with torch.device("meta"):
-        net = D2OPrecond(img_resolution=res, img_channels=channels, label_dim=10, model_type=model_type, **kw)
+    net = meta_network(config, res)
     base, plus = set(frozen_names(net, "d2o-f")), set(frozen_names(net, "d2o-f-plus"))
     added = plus - base
     assert base < plus and added
