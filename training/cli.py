@@ -69,8 +69,8 @@ def resolve_run_config(
     world: World,
     config_type: type[C],
 ) -> tuple[C, Path | None]:
-    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` or ``--batch-gpu`` wins:
-    neither changes what is computed) and its dir.
+    """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` or ``--batch-gpu`` wins,
+    unless the config's ``check_resumed_from`` refuses it as changing what the run computes) and its dir.
 
     Otherwise a new config from the arguments and no dir yet (``training.rundir.open_run_dir`` makes it). A bad
     option value ends the process with the parser's usage message.
@@ -78,9 +78,10 @@ def resolve_run_config(
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            cfg = config_type.read(run_dir)
+            saved = config_type.read(run_dir)
             given = given_options(parser, argv)
-            cfg = cfg.replace(**{k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given})
+            cfg = saved.replace(**{k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given})
+            cfg.check_resumed_from(saved)
             return cfg, run_dir
         cfg = config_type.from_options(vars(args))
     except ConfigError as e:

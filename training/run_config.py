@@ -123,6 +123,10 @@ class RunConfig:
     def _validate(self) -> None:
         """Checks of one kind of run (choices, ranges), beyond the field types."""
 
+    def check_resumed_from(self, saved: RunConfig) -> None:
+        """ConfigError where this config, a resume of the run saved as ``saved`` with changed options, would
+        compute something else than the run would have."""
+
     def default_desc(self) -> str:
         """The run dir's name suffix where ``desc`` is not given."""
         raise NotImplementedError
@@ -282,12 +286,19 @@ class FinetuneConfig(RunConfig):
 
     def g_lr_at(self, images_seen: int) -> float:
         """G's learning rate after ``images_seen`` images: ``g_lr``, or the cosine from it to ``g_lr_end`` over
-        ``duration`` (held at ``g_lr_end`` beyond). A function of the images seen, so a resumed run continues it;
-        resuming with another ``--duration`` stretches what is left of it."""
+        ``duration`` (held at ``g_lr_end`` beyond). A function of the images seen, so a resumed run continues it
+        (a resume may not change ``duration`` then: ``check_resumed_from``)."""
         if self.g_lr_end is None:
             return self.g_lr
         progress = min(max(images_seen / max(self.duration * 1000, 1e-8), 0.0), 1.0)
         return self.g_lr_end + (self.g_lr - self.g_lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def check_resumed_from(self, saved: RunConfig) -> None:
+        if self.g_lr_end is not None and self.duration != saved.duration:
+            raise ConfigError(
+                f"--duration {self.duration:g} would change G's cosine learning rate schedule, which spans the run's "
+                f"duration ({saved.duration:g} kimg); resume without --duration, or start a new run"
+            )
 
     @property
     def main_ema_track(self) -> EMATrack:

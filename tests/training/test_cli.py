@@ -1,4 +1,5 @@
-"""The training CLIs' shared argument handling: a resumed run keeps its saved options but an explicit --duration."""
+"""The training CLIs' shared argument handling: a resumed run keeps its saved options but an explicit --duration
+(refused where it would change a schedule that spans the duration)."""
 
 import json
 
@@ -6,8 +7,9 @@ import pytest
 
 from training.cli import given_options, resolve_run_config
 from training.distributed import World
+from training.finetune import build_parser as finetune_parser
 from training.pretrain import build_parser
-from training.run_config import PretrainConfig
+from training.run_config import FinetuneConfig, PretrainConfig
 
 
 def test_given_options_are_the_explicit_ones_whatever_the_default():
@@ -44,3 +46,25 @@ def test_a_bad_option_value_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         resolve_run_config(parser, parser.parse_args(argv), argv, World(), PretrainConfig)
     assert f"{tmp_path / 'config.json'}: field 'batch' must be of type int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("saved", "extra", "resumed_as"),
+    [
+        ({"g_lr_end": 5e-5}, ["--duration", "120"], None),  # would move the cosine's end: refused
+        ({"g_lr_end": 5e-5}, ["--duration", "60"], (60.0, None)),  # the same duration again changes nothing
+        ({"g_lr_end": 5e-5}, ["--batch-gpu", "4"], (60.0, 4)),
+        ({}, ["--duration", "120"], (120.0, None)),  # a constant learning rate: extending the run is fine
+    ],
+)
+def test_resume_refuses_a_duration_that_would_change_the_cosine_g_lr(tmp_path, capsys, saved, extra, resumed_as):
+    (tmp_path / "config.json").write_text(json.dumps({"duration": 60, "batch": 8, "teacher": "t", **saved}))
+    parser = finetune_parser()
+    argv = ["--resume", str(tmp_path), *extra]
+    if resumed_as is None:
+        with pytest.raises(SystemExit):
+            resolve_run_config(parser, parser.parse_args(argv), argv, World(), FinetuneConfig)
+        assert "would change G's cosine learning rate schedule" in capsys.readouterr().err
+        return
+    cfg, _ = resolve_run_config(parser, parser.parse_args(argv), argv, World(), FinetuneConfig)
+    assert (cfg.duration, cfg.batch_gpu, cfg.g_lr_end) == (*resumed_as, saved.get("g_lr_end"))
