@@ -3,6 +3,10 @@
 ``D(x, y)`` returns one logit per feature level, ``[N, L]``; the GAN losses sum over levels (as the paper's
 multi-head discriminator does). Each head is class-conditional by projection (Miyato & Koyama 2018):
 ``logit = w . phi(h) + <embed(y), phi(h)>`` with ``phi`` two spectral-norm 3x3 convs and a spatial mean.
+With ``class_projection=False`` the heads drop the ``<embed(y), phi(h)>`` term: the class then reaches D only
+through its backbone (the teacher encoder's class embedding; the other backbones ignore it, so D is
+unconditional). The projection term rewards samples whose features align with their class's embedding, a pull
+toward class-typical images that may cost coverage within a class.
 With ``mbstd_group`` > 0 each head also sees how much its features vary across a small group of samples
 (the minibatch standard deviation of Karras et al. 2018, a remedy for mode collapse): a generator that draws
 the same image for different noise shows a spread below the reals'. D's output for one sample then depends on
@@ -232,13 +236,21 @@ class ProjectionHead(nn.Module):
 class Discriminator(nn.Module):
     """``backbone`` features -> one projection head per level -> logits [N, L]."""
 
-    def __init__(self, backbone: nn.Module, label_dim: int, width: int = 64, mbstd_group: int = 0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        label_dim: int,
+        width: int = 64,
+        mbstd_group: int = 0,
+        class_projection: bool = True,
+    ):
         super().__init__()
         if mbstd_group < 0:
             raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {mbstd_group}")
         self.backbone = backbone
         self.label_dim = label_dim
-        self.heads = nn.ModuleList(ProjectionHead(c, width, label_dim, mbstd_group) for c in backbone.channels)
+        head_labels = label_dim if class_projection else 0
+        self.heads = nn.ModuleList(ProjectionHead(c, width, head_labels, mbstd_group) for c in backbone.channels)
 
     @property
     def backbone_frozen(self) -> bool:
@@ -369,9 +381,11 @@ def build_discriminator(
     backbone_weights: str | Path | None = None,
     backbone_config: str | Path | None = None,
     mbstd_group: int = 0,
+    class_projection: bool = True,
 ) -> Discriminator:
     """``kind``: 'teacher' (frozen teacher encoder), 'scratch', or 'backbone' (pluggable, from files);
-    ``mbstd_group``: the heads' minibatch-stddev group size (0: off)."""
+    ``mbstd_group``: the heads' minibatch-stddev group size (0: off); ``class_projection``: the heads' class
+    projection term (off: the class reaches D through the backbone only)."""
     if kind == "teacher":
         if teacher is None:
             raise ValueError("--disc teacher needs the teacher network")
@@ -384,7 +398,7 @@ def build_discriminator(
         backbone = load_backbone(backbone_weights, backbone_config)
     else:
         raise ValueError(f"unknown discriminator {kind!r}; expected teacher, scratch or backbone")
-    return Discriminator(backbone, label_dim, width=width, mbstd_group=mbstd_group)
+    return Discriminator(backbone, label_dim, width=width, mbstd_group=mbstd_group, class_projection=class_projection)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from training.freeze import FREEZE_MODES
 from training.loop import LoopOptions, RunLog, run_training
 from training.precond import SIGMA_MAX
 from training.presets import preset_args, preset_names
-from training.run_config import DISCS, DISTILL_LOSSES, OBJECTIVES, FinetuneConfig
+from training.run_config import DISC_CONDS, DISCS, DISTILL_LOSSES, OBJECTIVES, FinetuneConfig
 from training.rundir import open_run_dir
 
 # ---------------------------------------------------------------- command line
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="GROUP",
         help="minibatch standard deviation over groups of GROUP samples in D's heads, against mode collapse (0 = off)",
+    )
+    g.add_argument(
+        "--disc-cond",
+        default="projection",
+        choices=DISC_CONDS,
+        help="how D sees the class: projection (each head's class projection, and the teacher encoder's class "
+        "embedding) or backbone (the encoder's embedding only; scratch and file backbones then ignore the class)",
     )
     g.add_argument("--r1-gamma", type=float, default=1e-4, help="R1 weight on reals (0 = off)")
     g.add_argument("--r1-interval", type=int, default=16, help="apply R1 every this many D steps, scaled by it")

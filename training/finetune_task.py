@@ -433,6 +433,7 @@ def build_task(cfg: FinetuneConfig, world: World) -> tuple[FinetuneTask, BatchSt
             backbone_weights=cfg.disc_backbone,
             backbone_config=cfg.disc_backbone_config,
             mbstd_group=cfg.disc_mbstd,
+            class_projection=cfg.disc_cond == "projection",
         )
     task = FinetuneTask(generator, disc, world, cfg, teacher=teacher, pairs=pairs)
     stream = BatchStream(dataset, cfg.batch, seed=cfg.seed, rank=world.rank, world_size=world.world_size)

@@ -34,6 +34,7 @@ from training.steps import PRECISIONS
 RUN_CONFIG_NAME = "config.json"
 OBJECTIVES = ("gan", "distill", "gan+distill")
 DISCS = ("teacher", "scratch", "backbone")
+DISC_CONDS = ("projection", "backbone")
 DISTILL_LOSSES = ("l2", "feature")
 
 C = TypeVar("C", bound="RunConfig")
@@ -227,6 +228,7 @@ class FinetuneConfig(RunConfig):
     disc_backbone: str | None = None
     disc_backbone_config: str | None = None
     disc_mbstd: int = 0  # minibatch-stddev group size in D's heads (0: off)
+    disc_cond: str = "projection"  # how D sees the class: heads' projection + backbone, or the backbone only
     r1_gamma: float = 1e-4
     r1_interval: int = 16
     augment: str = "none"  # DiffAugment policy for what D sees (training.diffaugment)
@@ -266,6 +268,7 @@ class FinetuneConfig(RunConfig):
         _choice("objective", self.objective, OBJECTIVES)
         _choice("freeze", self.freeze, FREEZE_MODES)
         _choice("disc", self.disc, DISCS)
+        _choice("disc_cond", self.disc_cond, DISC_CONDS)
         _choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
         try:
             parse_policy(self.augment)

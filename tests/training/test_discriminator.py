@@ -106,6 +106,31 @@ def test_mbstd_disc_judges_each_sample_by_its_group():
         build_discriminator("scratch", teacher=None, img_channels=1, img_resolution=16, label_dim=10, mbstd_group=-1)
 
 
+def test_without_class_projection_the_class_reaches_d_through_the_backbone_only():
+    x, y = _batch()
+    kw = dict(teacher=tiny_denoiser(), img_channels=1, img_resolution=16, label_dim=10)
+    with_projection = build_discriminator("teacher", **kw).eval()
+    encoder_only = build_discriminator("teacher", **kw, class_projection=False).eval()
+    assert all(h.embed is not None for h in with_projection.heads)
+    assert all(h.embed is None for h in encoder_only.heads)
+    shared = {k: v for k, v in with_projection.trainable_state_dict().items() if ".embed." not in k}
+    encoder_only.load_trainable_state_dict(shared)  # the same heads but for the projection's embeddings
+    pooled = []
+    for head in with_projection.heads:
+        head.out.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))
+    difference = with_projection(x, y) - encoder_only(x, y)
+    projection = torch.stack(
+        [(h.embed(y) * p).sum(1) for h, p in zip(with_projection.heads, pooled, strict=True)], dim=1
+    )
+    assert torch.allclose(difference, projection, atol=1e-5)  # exactly the <embed(y), phi(h)> term is gone
+    assert not torch.allclose(encoder_only(x, y), encoder_only(x, (y + 1) % 10))  # the encoder's class embedding
+    with pytest.raises(ValueError, match="labels are required"):
+        encoder_only(x, None)  # the backbone still needs them
+    scratch = build_discriminator("scratch", teacher=None, img_channels=1, img_resolution=16, label_dim=10,
+                                  class_projection=False).eval()  # fmt: skip
+    assert torch.equal(scratch(x, y), scratch(x, (y + 1) % 10))  # a backbone that ignores the class: unconditional
+
+
 def test_unconditional_disc():
     teacher = tiny_denoiser(label_dim=0)
     d = build_discriminator("teacher", teacher=teacher, img_channels=1, img_resolution=16, label_dim=0, sigmas=[0.5])

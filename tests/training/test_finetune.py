@@ -282,6 +282,21 @@ def test_minibatch_stddev_disc_trains_records_and_resumes(tiny_denoiser_dir: Pat
     assert cfg.disc_mbstd == 0  # off unless asked for; a run dir from before the option resumes with it off
 
 
+def test_disc_without_class_projection_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
+    args = [
+        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
+        "--disc-width", "16", "--disc-cond", "backbone", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
+        "--duration", str(4 * BATCH / 1000), "--threads", "1", "--outdir", str(tmp_path), "--max-steps", "2",
+    ]  # fmt: skip
+    run = Path(main(args)["run_dir"])
+    assert json.loads((run / "config.json").read_text())["disc_cond"] == "backbone"
+    assert main(["--resume", str(run)])["step"] == 4  # D is rebuilt without the heads' embeddings, or won't load
+    assert not any("embed" in k for k in load_state(run / "training-state.pt")["task"]["d"])
+    assert make_cfg(tiny_denoiser_dir, tmp_path / "plain").disc_cond == "projection"  # the default, and older runs'
+    with pytest.raises(ValueError, match="disc_cond"):
+        FinetuneConfig.from_options({"disc_cond": "none"})
+
+
 def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
     pairs = tmp_path / "pairs"
     make_pairs(tiny_denoiser_dir, 6, pairs, nfe=1, chunk=4, log=lambda msg: None)
