@@ -41,6 +41,16 @@ def make_cfg(teacher_dir: Path, outdir: Path, *extra: str) -> FinetuneConfig:
     return run_config_from_args(args)
 
 
+def short_run_args(teacher_dir: Path, steps: int, *extra: str) -> list[str]:
+    """A ``training.finetune`` command line for a run of ``steps`` steps on synthetic data, R1 every 2nd step and
+    a snapshot every step."""
+    return [
+        "--teacher", str(teacher_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
+        "--disc-width", "16", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
+        "--duration", str(steps * BATCH / 1000), "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
 def run_steps(task, stream, steps: range) -> list[dict[str, float]]:
     out = []
     for step in steps:
@@ -182,11 +192,7 @@ def _state_tensors(obj, prefix: str = "") -> dict[str, object]:
 
 @pytest.mark.parametrize("schedule", [[], ["--g-lr-end", "1e-5"]], ids=["constant-lr", "cosine-g-lr"])
 def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp_path: Path, schedule: list[str]):
-    common = [
-        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
-        "--disc-width", "16", "--dropout", "0.1", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
-        "--duration", str(6 * BATCH / 1000), "--threads", "1", *schedule,
-    ]  # fmt: skip
+    common = short_run_args(tiny_denoiser_dir, 6, "--dropout", "0.1", *schedule)
     full = main([*common, "--outdir", str(tmp_path / "a")])
     half = main([*common, "--outdir", str(tmp_path / "b"), "--max-steps", "3"])
     assert half["step"] == 3
@@ -219,11 +225,7 @@ def test_resume_is_bit_exact_and_exports_generators(tiny_denoiser_dir: Path, tmp
 def test_extra_ema_tracks_leave_training_alone_resume_and_load_as_run_dirs(tiny_denoiser_dir: Path, tmp_path: Path):
     """An --ema-extra track holds exactly the main EMA of a run configured with its half-life (the same steps),
     survives a resume bit for bit, and its dir reads as a run dir of its own."""
-    common = [
-        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
-        "--disc-width", "16", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
-        "--duration", str(6 * BATCH / 1000), "--threads", "1",
-    ]  # fmt: skip
+    common = short_run_args(tiny_denoiser_dir, 6)
     tracked = [*common, "--ema-halflife-kimg", "0.05", "--ema-rampup", "0.05", "--ema-extra", "0.01:0.5, 0.2"]
     full = main([*tracked, "--outdir", str(tmp_path / "a")])
     alone = main([*common, "--ema-halflife-kimg", "0.01", "--ema-rampup", "0.5", "--outdir", str(tmp_path / "b")])
@@ -266,12 +268,9 @@ def test_bad_extra_ema_tracks_are_refused(tiny_denoiser_dir: Path, tmp_path: Pat
 
 
 def test_minibatch_stddev_disc_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
-    args = [
-        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
-        "--disc-width", "16", "--disc-mbstd", "2", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
-        "--duration", str(4 * BATCH / 1000), "--threads", "1", "--outdir", str(tmp_path), "--max-steps", "2",
-    ]  # fmt: skip
-    half = main(args)
+    half = main(
+        short_run_args(tiny_denoiser_dir, 4, "--disc-mbstd", "2", "--outdir", str(tmp_path), "--max-steps", "2")
+    )
     run = Path(half["run_dir"])
     assert json.loads((run / "config.json").read_text())["disc_mbstd"] == 2
     resumed = main(["--resume", str(run)])  # D's heads are rebuilt with the extra channel, or its state won't load
@@ -283,11 +282,9 @@ def test_minibatch_stddev_disc_trains_records_and_resumes(tiny_denoiser_dir: Pat
 
 
 def test_disc_without_class_projection_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
-    args = [
-        "--teacher", str(tiny_denoiser_dir), "--data", "synthetic:32", "--batch", str(BATCH), "--grid-size", "4",
-        "--disc-width", "16", "--disc-cond", "backbone", "--r1-interval", "2", "--tick", "0.008", "--snap", "1",
-        "--duration", str(4 * BATCH / 1000), "--threads", "1", "--outdir", str(tmp_path), "--max-steps", "2",
-    ]  # fmt: skip
+    args = short_run_args(
+        tiny_denoiser_dir, 4, "--disc-cond", "backbone", "--outdir", str(tmp_path), "--max-steps", "2"
+    )
     run = Path(main(args)["run_dir"])
     assert json.loads((run / "config.json").read_text())["disc_cond"] == "backbone"
     assert main(["--resume", str(run)])["step"] == 4  # D is rebuilt without the heads' embeddings, or won't load
