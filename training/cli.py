@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from training.distributed import World
 from training.run_config import ConfigError, RunConfig
+from training.rundir import update_run_config
 from training.steps import PRECISIONS
 
 C = TypeVar("C", bound=RunConfig)
@@ -70,7 +71,8 @@ def resolve_run_config(
     config_type: type[C],
 ) -> tuple[C, Path | None]:
     """With ``--resume RUN_DIR``: that run's saved options (an explicit ``--duration`` or ``--batch-gpu`` wins,
-    unless the config's ``check_resumed_from`` refuses it as changing what the run computes) and its dir.
+    unless the config's ``check_resumed_from`` refuses it as changing what the run computes; the run's config.json
+    then records it) and its dir.
 
     Otherwise a new config from the arguments and no dir yet (``training.rundir.open_run_dir`` makes it). A bad
     option value ends the process with the parser's usage message.
@@ -80,8 +82,11 @@ def resolve_run_config(
             run_dir = Path(args.resume)
             saved = config_type.read(run_dir)
             given = given_options(parser, argv)
-            cfg = saved.replace(**{k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given})
+            changes = {k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given}
+            cfg = saved.replace(**changes)
             cfg.check_resumed_from(saved)
+            if changes and world.is_main and cfg != saved:
+                update_run_config(run_dir, {k: cfg.to_json()[k] for k in changes})
             return cfg, run_dir
         cfg = config_type.from_options(vars(args))
     except ConfigError as e:

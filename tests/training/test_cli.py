@@ -26,6 +26,7 @@ def test_resume_keeps_the_saved_config_but_an_explicit_duration(tmp_path, extra,
     argv = ["--resume", str(tmp_path), *extra]
     cfg, run_dir = resolve_run_config(parser, parser.parse_args(argv), argv, World(), PretrainConfig)
     assert run_dir == tmp_path and (cfg.duration, cfg.batch) == (duration, 8)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"duration": duration, "batch": 8}  # recorded
     assert cfg.lr == PretrainConfig.lr  # an option the saved config lacks (an older run) takes its default
 
 
@@ -65,6 +66,9 @@ def test_resume_refuses_a_duration_that_would_change_the_cosine_g_lr(tmp_path, c
         with pytest.raises(SystemExit):
             resolve_run_config(parser, parser.parse_args(argv), argv, World(), FinetuneConfig)
         assert "would change G's cosine learning rate schedule" in capsys.readouterr().err
+        assert json.loads((tmp_path / "config.json").read_text())["duration"] == 60  # nothing recorded
         return
     cfg, _ = resolve_run_config(parser, parser.parse_args(argv), argv, World(), FinetuneConfig)
     assert (cfg.duration, cfg.batch_gpu, cfg.g_lr_end) == (*resumed_as, saved.get("g_lr_end"))
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert (recorded["duration"], recorded.get("batch_gpu"), recorded["teacher"]) == (*resumed_as, "t")
