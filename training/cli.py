@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from training.checkpoint import read_json_object
 from training.distributed import World
-from training.run_config import ConfigError, RunConfig
-from training.rundir import update_run_config
+from training.run_config import RUN_CONFIG_NAME, ConfigError, RunConfig
+from training.rundir import save_run_config
 from training.steps import PRECISIONS
 
 C = TypeVar("C", bound=RunConfig)
@@ -80,13 +81,16 @@ def resolve_run_config(
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            saved = config_type.read(run_dir)
+            config_path = run_dir / RUN_CONFIG_NAME
+            saved_json = read_json_object(config_path, f"is {run_dir} a run dir?")
+            saved = config_type.from_json(saved_json, source=config_path)
             given = given_options(parser, argv)
             changes = {k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given}
             cfg = saved.replace(**changes)
             cfg.check_resumed_from(saved)
-            if changes and world.is_main and cfg != saved:
-                update_run_config(run_dir, {k: cfg.to_json()[k] for k in changes})
+            if world.is_main and cfg != saved:  # keeps the keys the config does not hold (world size, teacher record)
+                resumed_json = cfg.to_json()
+                save_run_config(run_dir, {**saved_json, **{k: resumed_json[k] for k in changes}})
             return cfg, run_dir
         cfg = config_type.from_options(vars(args))
     except ConfigError as e:

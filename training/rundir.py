@@ -62,13 +62,6 @@ def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_json(run_dir / "config.json", config)
 
 
-def update_run_config(run_dir: Path, changes: dict[str, Any]) -> None:
-    """Set ``changes`` in ``run_dir``'s config.json, keeping the rest (a resume that extends the run records its
-    new duration, so the next plain ``--resume`` continues to it)."""
-    config = read_json_object(run_dir / "config.json", "a run dir holds its run config.json")
-    save_run_config(run_dir, {**config, **changes})
-
-
 def export_state_snapshot(run_dir: str | Path) -> Path | None:
     """Write ``network-snapshot-KKKKKK`` (EMA weights) from a pre-training run's ``training-state.pt``.
 
