@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from training.checkpoint import read_json_object
 from training.distributed import World
-from training.run_config import RUN_CONFIG_NAME, ConfigError, RunConfig
+from training.run_config import ConfigError, RunConfig
 from training.rundir import save_run_config
 from training.steps import PRECISIONS
 
@@ -81,9 +80,7 @@ def resolve_run_config(
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            config_path = run_dir / RUN_CONFIG_NAME
-            saved_json = read_json_object(config_path, f"is {run_dir} a run dir?")
-            saved = config_type.from_json(saved_json, source=config_path)
+            saved, saved_json = config_type.read_with_json(run_dir)
             given = given_options(parser, argv)
             changes = {k: getattr(args, k) for k in ("duration", "batch_gpu") if k in given}
             cfg = saved.replace(**changes)

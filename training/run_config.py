@@ -152,8 +152,15 @@ class RunConfig:
     @classmethod
     def read(cls: type[C], run_dir: str | Path) -> C:
         """The config of the run in ``run_dir``."""
+        return cls.read_with_json(run_dir)[0]
+
+    @classmethod
+    def read_with_json(cls: type[C], run_dir: str | Path) -> tuple[C, dict[str, Any]]:
+        """The config of the run in ``run_dir`` and the JSON object it was read from, keys the config does not
+        hold (world size, teacher record) included."""
         path = Path(run_dir) / RUN_CONFIG_NAME
-        return cls.from_json(read_json_object(path, f"is {run_dir} a run dir?"), source=path)
+        saved = read_json_object(path, f"is {run_dir} a run dir?")
+        return cls.from_json(saved, source=path), saved
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import torch
 from training.checkpoint import CheckpointError, load_state, read_json_object
 from training.distributed import World
 from training.pretrain_task import build_task
-from training.run_config import ConfigError, PretrainConfig, RunConfig
+from training.run_config import RUN_CONFIG_NAME, ConfigError, PretrainConfig, RunConfig
 
 STATE_NAME = "training-state.pt"
 
@@ -59,7 +59,7 @@ def share_path(path: Path | None, world: World) -> Path:
 
 
 def save_run_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_json(run_dir / "config.json", config)
+    write_json(run_dir / RUN_CONFIG_NAME, config)
 
 
 def export_state_snapshot(run_dir: str | Path) -> Path | None:
