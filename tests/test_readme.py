@@ -43,7 +43,7 @@ def test_model_card_front_matter_usage_and_figures():
     front = yaml.safe_load(front_text)
     assert front["license"] == "apache-2.0" and front["datasets"] == ["fashion_mnist"] and front["metrics"]
     metrics = [m for result in front["model-index"][0]["results"] for m in result["metrics"]]
-    assert {m["value"] for m in metrics} >= {0.320, 0.703}  # test-range FD and recall of the shipped model
+    assert {m["value"] for m in metrics} >= {0.289, 0.753}  # test-range FD and recall of the shipped model
     for m in metrics:
         assert f"{m['value']:.3f}" in body, m  # the front matter repeats the card's measured figures
     for heading in ("## Intended use", "## Limitations", "## Usage"):

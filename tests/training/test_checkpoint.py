@@ -134,7 +134,7 @@ def test_shipped_model_config_reads_and_writes_back_unchanged():
     config = read_model_config(path)
     assert (config.kind, config.precond, config.img_shape, config.label_dim) == ("generator", "d2o", (1, 28, 28), 10)
     assert config.class_names[0] == "T-shirt/top" and config.sigma == config.generator_sigma == 80.0
-    assert config.images_seen == 59944 and config.dataset_spec == "fmnist"
+    assert config.images_seen == 60000 and config.dataset_spec == "fmnist"
     assert config.images_seen <= 0.05 * config.training["teacher"]["images_seen"]  # within the 5% budget
     assert config.training["teacher"]["snapshot"] == "network-snapshot-001202"
     assert config.to_json() == raw and list(config.to_json()) == list(raw)
