@@ -6,6 +6,7 @@ the library modules that accept a pre-training run dir where a model dir is expe
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -23,13 +24,22 @@ from training.run_config import RUN_CONFIG_NAME, ConfigError, PretrainConfig, Ru
 STATE_NAME = "training-state.pt"
 
 
+RUN_ID_LOCK_NAME = ".run-id.lock"
+
+
 def create_run_dir(outdir: str | Path, desc: str) -> Path:
-    """``outdir/NNNNN-desc`` with the next free number (EDM's habit)."""
+    """``outdir/NNNNN-desc`` with the next free number (EDM's habit).
+
+    The scan and the mkdir hold an advisory lock on ``outdir/.run-id.lock``, so runs started side by side in the
+    same outdir get different numbers (with different descs both mkdirs would otherwise succeed on one number).
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
-    run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
-    run_dir.mkdir()
+    with open(outdir / RUN_ID_LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        run_dir.mkdir()
     return run_dir
 
 
