@@ -10,6 +10,7 @@ import torch
 
 from training.checkpoint import save_model
 from training.configs import network_config
+from training.evaluation.classifier import Classifier, ClassifierConfig, save_classifier
 from training.precond import D2OPrecond, EDMPrecond, OneStepGenerator
 
 TINY_CLASSES = [f"class-{i}" for i in range(10)]
@@ -53,3 +54,15 @@ def tiny_generator_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_denoiser_dir(tmp_path: Path) -> Path:
     return save_model(tiny_denoiser(), tmp_path / "tiny-teacher", class_names=TINY_CLASSES)
+
+
+def make_classifier_dir(path: Path, widths=(8, 16), blocks=(1, 2), seed: int = 0) -> tuple[Path, Classifier]:
+    """A saved 16x16 classifier with random weights and non-trivial BatchNorm statistics (eval mode matters)."""
+    torch.manual_seed(seed)
+    net = Classifier(ClassifierConfig(img_resolution=16, widths=widths, blocks=blocks, feature_dim=8))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return save_classifier(net.eval(), path), net

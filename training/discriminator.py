@@ -24,6 +24,11 @@ Backbones (all return a list of feature maps and are frozen, always in eval mode
   resolution, per sigma.
 - ``VGGBackbone``: a torchvision-layout VGG (keys ``features.N.*``), so ImageNet weights (e.g. ``vgg16_bn``)
   saved as safetensors plug in as the paper's backbones do. Taps: the activation before each max-pool.
+- ``ClassifierBackbone``: one of our own classifiers (``python -m training.evaluate train-classifier``), the
+  analogue of the paper's ImageNet classifiers (Projected GAN) for a data set that has none: a discriminative
+  feature net trained on the data's labels. Taps: the end of each residual stage. Train it apart from the
+  evaluation classifier (another ``--seed`` and ``--out``): a D that shares the evaluation's feature space would
+  flatter FD.
 - ``ScratchTrunk`` (``--disc scratch``): a small trainable spectral-norm conv net, the from-scratch ablation.
 
 ``load_backbone(weights.safetensors, config.json)`` builds a pluggable backbone; the config formats are in
@@ -173,6 +178,28 @@ class VGGBackbone(FrozenBackbone):
         return feats
 
 
+class ClassifierBackbone(FrozenBackbone):
+    """The stem and residual stages of a ``training.evaluation.classifier.Classifier`` (images in [-1, 1], as D
+    sees them); the class label is not used. ``net`` is the whole classifier, so its files load as they are."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        config = net.config
+        self.taps = [sum(config.blocks[: i + 1]) - 1 for i in range(len(config.blocks))]
+        self.channels = list(config.widths)
+        self.freeze()
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
+        h = self.net.stem(self.net.prepare(x))
+        feats = []
+        for i, block in enumerate(self.net.stages):
+            h = block(h)
+            if i in self.taps:
+                feats.append(h)
+        return feats
+
+
 class ScratchTrunk(nn.Module):
     """A small trainable conv net on pixels: stride-2 spectral-norm convs down to 8x8 (or the input size)."""
 
@@ -308,7 +335,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def build_backbone(cfg: dict[str, Any], source: str = "backbone config") -> FrozenBackbone:
     """A backbone from its JSON description (weights not loaded). See ``load_backbone``."""
-    kind = cfg.get("type", "edm-encoder" if cfg.get("kind") == "denoiser" else None)
+    kind = cfg.get("type", {"denoiser": "edm-encoder", "classifier": "classifier"}.get(cfg.get("kind", "")))
     if kind == "edm-encoder":
         if "precond_kwargs" not in cfg:
             raise CheckpointError(f"{source}: edm-encoder needs 'precond_kwargs' (as in a model dir's config.json)")
@@ -322,7 +349,15 @@ def build_backbone(cfg: dict[str, Any], source: str = "backbone config") -> Froz
             layers = VGG_LAYOUTS[layers]
         kw = {k: cfg[k] for k in ("batch_norm", "in_channels", "resize", "mean", "std", "stages") if k in cfg}
         return VGGBackbone(layers, **kw)
-    raise CheckpointError(f"{source}: 'type' must be 'edm-encoder' or 'vgg', got {kind!r}")
+    if kind == "classifier":
+        from training.evaluation.classifier import Classifier, ClassifierConfig
+
+        try:
+            arch = ClassifierConfig(**cfg["architecture"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: a classifier backbone needs a valid 'architecture' ({e!r})") from e
+        return ClassifierBackbone(Classifier(arch))
+    raise CheckpointError(f"{source}: 'type' must be 'edm-encoder', 'vgg' or 'classifier', got {kind!r}")
 
 
 def load_backbone(weights: str | Path, config: str | Path) -> FrozenBackbone:
@@ -337,6 +372,8 @@ def load_backbone(weights: str | Path, config: str | Path) -> FrozenBackbone:
       3, 4]}``: torchvision's VGG layout and key names (``features.N.weight``), e.g. ImageNet ``vgg16_bn``
       weights saved with ``safetensors.torch.save_file(vgg.state_dict(), ...)``; ``classifier.*`` keys are
       ignored. Inputs are mapped from [-1, 1] to ImageNet normalization; gray images are repeated to RGB.
+    - a classifier dir's own ``config.json`` (kind ``classifier``, from ``python -m training.evaluate
+      train-classifier``) with its ``classifier.safetensors``; or ``{"type": "classifier", "architecture": {...}}``.
     """
     weights, config = Path(weights), Path(config)
     cfg = _load_json(config)
@@ -345,6 +382,8 @@ def load_backbone(weights: str | Path, config: str | Path) -> FrozenBackbone:
     if isinstance(backbone, VGGBackbone):
         state = {k: v for k, v in state.items() if k.startswith("features.")}
         target: nn.Module = backbone
+    elif isinstance(backbone, ClassifierBackbone):
+        target = backbone.net
     else:
         target = backbone.denoiser
     try:
@@ -403,6 +442,7 @@ def build_discriminator(
 
 __all__ = [
     "DEFAULT_SIGMAS",
+    "ClassifierBackbone",
     "Discriminator",
     "FrozenBackbone",
     "ProjectionHead",

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import tiny_denoiser
+from tests.conftest import make_classifier_dir, tiny_denoiser
 from training.checkpoint import CheckpointError, save_model
 from training.discriminator import (
+    ClassifierBackbone,
     TeacherEncoder,
     VGGBackbone,
     build_discriminator,
@@ -167,6 +168,43 @@ def test_pluggable_vgg_backbone(tmp_path: Path):
     (tmp_path / "odd.json").write_text(json.dumps({"type": "resnet"}))
     with pytest.raises(CheckpointError, match="'type' must be"):
         load_backbone(tmp_path / "vgg.safetensors", tmp_path / "odd.json")
+
+
+def test_pluggable_classifier_backbone(tmp_path: Path):
+    cls_dir, net = make_classifier_dir(tmp_path / "cls")
+    weights, config = cls_dir / "classifier.safetensors", cls_dir / "config.json"
+    backbone = load_backbone(weights, config)  # the classifier dir's own config.json (kind "classifier")
+    assert isinstance(backbone, ClassifierBackbone) and backbone.channels == [8, 16]
+    x, y = _batch()
+    feats = backbone(x, y)
+    first = net.stages[0](net.stem(x))  # a tap at the end of each stage: blocks (1, 2) end at indices 0 and 2
+    assert torch.equal(feats[0], first)
+    assert torch.equal(feats[1], net.stages[2](net.stages[1](first)))
+    assert [tuple(f.shape[1:]) for f in feats] == [(8, 16, 16), (16, 8, 8)]
+
+    d = build_discriminator(
+        "backbone",
+        teacher=None,
+        img_channels=1,
+        img_resolution=16,
+        label_dim=10,
+        backbone_weights=weights,
+        backbone_config=config,
+    )
+    d.train()
+    assert not d.backbone.training and count_trainable(d.backbone) == 0
+    x.requires_grad_(True)
+    d(x, y).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G's gradient passes through the frozen classifier
+    assert all(p.grad is None for p in d.backbone.parameters())
+    assert d(x, y).shape == (4, 2)
+
+    other, _ = make_classifier_dir(tmp_path / "wider", widths=(8, 32))
+    with pytest.raises(CheckpointError, match="classifier.safetensors"):  # weights of another architecture
+        load_backbone(weights, other / "config.json")
+    (tmp_path / "no-arch.json").write_text(json.dumps({"type": "classifier"}))
+    with pytest.raises(CheckpointError, match="architecture"):
+        load_backbone(weights, tmp_path / "no-arch.json")
 
 
 def test_pluggable_edm_encoder_from_model_dir(tmp_path: Path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import make_classifier_dir
 from training.checkpoint import load_model, load_state, read_model_config
 from training.discriminator import feature_distance
 from training.distributed import World, init_distributed, shutdown_distributed
@@ -292,6 +293,17 @@ def test_disc_without_class_projection_trains_records_and_resumes(tiny_denoiser_
     assert make_cfg(tiny_denoiser_dir, tmp_path / "plain").disc_cond == "projection"  # the default, and older runs'
     with pytest.raises(ValueError, match="disc_cond"):
         FinetuneConfig.from_options({"disc_cond": "none"})
+
+
+def test_classifier_backbone_disc_trains_records_and_resumes(tiny_denoiser_dir: Path, tmp_path: Path):
+    cls_dir, _ = make_classifier_dir(tmp_path / "disc-classifier")
+    backbone = ["--disc-backbone", str(cls_dir / "classifier.safetensors"), "--disc-backbone-config"]
+    args = short_run_args(tiny_denoiser_dir, 4, *backbone, str(cls_dir / "config.json"))
+    run = Path(main([*args, "--outdir", str(tmp_path / "runs"), "--max-steps", "2"])["run_dir"])
+    assert json.loads((run / "config.json").read_text())["disc"] == "backbone"
+    d_state = load_state(run / "training-state.pt")["task"]["d"]
+    assert d_state and not any(k.startswith("backbone.") for k in d_state)  # only the heads are D's state
+    assert main(["--resume", str(run)])["step"] == 4
 
 
 def test_distill_objectives_read_pairs(tiny_denoiser_dir: Path, tmp_path: Path):
