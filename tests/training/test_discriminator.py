@@ -139,6 +139,19 @@ def test_unconditional_disc():
     assert d(x, None).shape == (4, len(d.backbone.taps))
 
 
+def file_backbone_disc(weights: Path, config: Path):
+    """A class-conditional D for 16x16 gray images on a backbone loaded from files."""
+    return build_discriminator(
+        "backbone",
+        teacher=None,
+        img_channels=1,
+        img_resolution=16,
+        label_dim=10,
+        backbone_weights=weights,
+        backbone_config=config,
+    )
+
+
 def test_pluggable_vgg_backbone(tmp_path: Path):
     layers = [8, "M", 16, 16, "M", 32]
     ref = VGGBackbone(layers, batch_norm=True, in_channels=3)
@@ -152,15 +165,7 @@ def test_pluggable_vgg_backbone(tmp_path: Path):
     assert [f.shape[1] for f in feats] == [8, 16, 32] and [f.shape[-1] for f in feats] == [16, 8, 4]
     for a, b in zip(feats, ref.eval()(x, None), strict=True):
         assert torch.equal(a, b)
-    d = build_discriminator(
-        "backbone",
-        teacher=None,
-        img_channels=1,
-        img_resolution=16,
-        label_dim=10,
-        backbone_weights=tmp_path / "vgg.safetensors",
-        backbone_config=tmp_path / "vgg.json",
-    )
+    d = file_backbone_disc(tmp_path / "vgg.safetensors", tmp_path / "vgg.json")
     assert d(x, y).shape == (4, 3)
     (tmp_path / "bad.json").write_text(json.dumps({"type": "vgg", "layers": [8, "M", 64]}))
     with pytest.raises(CheckpointError, match="vgg.safetensors"):
@@ -182,15 +187,7 @@ def test_pluggable_classifier_backbone(tmp_path: Path):
     assert torch.equal(feats[1], net.stages[2](net.stages[1](first)))
     assert [tuple(f.shape[1:]) for f in feats] == [(8, 16, 16), (16, 8, 8)]
 
-    d = build_discriminator(
-        "backbone",
-        teacher=None,
-        img_channels=1,
-        img_resolution=16,
-        label_dim=10,
-        backbone_weights=weights,
-        backbone_config=config,
-    )
+    d = file_backbone_disc(weights, config)
     d.train()
     assert not d.backbone.training and count_trainable(d.backbone) == 0
     x.requires_grad_(True)
