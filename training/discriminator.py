@@ -350,13 +350,9 @@ def build_backbone(cfg: dict[str, Any], source: str = "backbone config") -> Froz
         kw = {k: cfg[k] for k in ("batch_norm", "in_channels", "resize", "mean", "std", "stages") if k in cfg}
         return VGGBackbone(layers, **kw)
     if kind == "classifier":
-        from training.evaluation.classifier import Classifier, ClassifierConfig
+        from training.evaluation.classifier import classifier_from_architecture
 
-        try:
-            arch = ClassifierConfig(**cfg["architecture"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{source}: a classifier backbone needs a valid 'architecture' ({e!r})") from e
-        return ClassifierBackbone(Classifier(arch))
+        return ClassifierBackbone(classifier_from_architecture(cfg.get("architecture"), source))
     raise CheckpointError(f"{source}: 'type' must be 'edm-encoder', 'vgg' or 'classifier', got {kind!r}")
 
 

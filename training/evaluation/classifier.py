@@ -156,14 +156,18 @@ def read_classifier_config(model_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+def classifier_from_architecture(architecture: Any, source: str) -> Classifier:
+    """An untrained classifier from a config's ``architecture`` object; ``source`` names the config in errors."""
+    try:
+        return Classifier(ClassifierConfig(**architecture))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad 'architecture' ({e})") from e
+
+
 def load_classifier(model_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
     model_dir = Path(model_dir)
     config = read_classifier_config(model_dir)
-    try:
-        arch = ClassifierConfig(**config["architecture"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{model_dir / CONFIG_NAME}: bad 'architecture' ({e})") from e
-    model = Classifier(arch)
+    model = classifier_from_architecture(config["architecture"], str(model_dir / CONFIG_NAME))
     state = load_state_dict_file(model_dir / config.get("weights", WEIGHTS_NAME), config.get("weights_sha256"))
     try:
         model.load_state_dict(state, strict=True)
