@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pairs", default=None, help="pairs dir from python -m training.make_pairs (distill objectives)")
     g.add_argument("--distill-loss", default="l2", choices=DISTILL_LOSSES, help="distance for distill objectives")
     g.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distill term")
+    g.add_argument(
+        "--mode-seeking",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of MSGAN's mode-seeking term: for a second noise of each sample's class, the noise distance over "
+        "the images' teacher-feature distance (0 = off)",
+    )
     g.add_argument("--sigma", type=float, default=SIGMA_MAX, help="the generator's noise level")
     g = p.add_argument_group("optimization")
     g.add_argument("--duration", type=float, default=100, help="fine-tune length in kimg (real images seen by D)")

@@ -9,8 +9,10 @@ batch of B real images, B generated ones with the real batch's labels; "images" 
    ``r1_interval``-th step (step % interval == 0) the lazy R1 term ``gamma/2 * ||grad_x D(x)||^2 * interval`` on
    the reals is added to the same step (so no extra optimizer step and no Adam correction are needed).
 2. G step: L_G = softplus(-D(G(z))) (non-saturating), plus ``distill_weight`` times the distance between G and the
-   teacher's Heun output on pairs from ``training.make_pairs`` when the objective includes ``distill``.
-The losses are ``training.losses.D2OLoss`` and ``DistillLoss``; the options a ``training.run_config.FinetuneConfig``.
+   teacher's Heun output on pairs from ``training.make_pairs`` when the objective includes ``distill``, plus
+   ``mode_seeking`` times MSGAN's term on G(z) and G(z') for a second noise z' of the same class when it is set.
+The losses are ``training.losses.D2OLoss``, ``DistillLoss`` and ``ModeSeekingLoss``; the options a
+``training.run_config.FinetuneConfig``.
 Adam betas (0, 0.99) for both nets, EMA of G with EDM's half-life ramp. All per-step randomness (z, pair order)
 comes from (seed, step) for the whole global batch, so a torchrun step equals a single-process one; gradients
 are averaged across ranks by hand (no DDP wrapper: R1 needs a double backward, which DDP does not support).
@@ -33,7 +35,7 @@ from training.distributed import World, broadcast_module
 from training.ema import EMA, EMATrack
 from training.freeze import FreezeReport, apply_freeze
 from training.images import GRID_SEED, grid_labels
-from training.losses import Augment, D2OLoss, DistillLoss
+from training.losses import Augment, D2OLoss, DistillLoss, ModeSeekingLoss
 from training.pairs import PairsReader
 from training.precond import SIGMA_MAX, EDMPrecond, OneStepGenerator, count_parameters
 from training.run_config import FinetuneConfig
@@ -116,16 +118,25 @@ class FinetuneTask:
             self.d_params = self.disc.trainable_parameters()
             self.d_opt = torch.optim.Adam(self.d_params, lr=cfg.d_lr, betas=(0.0, 0.99), eps=1e-8)
         self.pairs = pairs
+        encoder: TeacherEncoder | None = None  # the teacher's encoder, for the feature distances
+
+        def teacher_encoder(option: str) -> TeacherEncoder:
+            nonlocal encoder
+            if teacher is None:
+                raise ValueError(f"{option} needs the teacher")
+            if encoder is None:
+                encoder = TeacherEncoder(teacher.net.to(device), cfg.disc_sigmas)
+            return encoder
+
         self.distill_loss: DistillLoss | None = None
         if self.use_distill:
             if pairs is None:
                 raise ValueError(f"objective {self.objective!r} needs --pairs (python -m training.make_pairs)")
-            backbone = None
-            if cfg.distill_loss == "feature":
-                if teacher is None:
-                    raise ValueError("--distill-loss feature needs the teacher")
-                backbone = TeacherEncoder(teacher.net.to(device), cfg.disc_sigmas)
+            backbone = teacher_encoder("--distill-loss feature") if cfg.distill_loss == "feature" else None
             self.distill_loss = DistillLoss(cfg.distill_loss, backbone=backbone)
+        self.mode_seeking: ModeSeekingLoss | None = None
+        if cfg.mode_seeking > 0:
+            self.mode_seeking = ModeSeekingLoss(teacher_encoder("--mode-seeking"))
         self.batch_size = cfg.batch
         self.augment = DiffAugment(cfg.augment)
         self.label_dim = self.net.label_dim
@@ -217,10 +228,16 @@ class FinetuneTask:
         def part(t: torch.Tensor | None, r: slice) -> torch.Tensor | None:
             return None if t is None or whole else t[r]
 
-        fake = z = None
+        fake = z = z_partner = None
         if self.use_gan:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             z = torch.randn((self.batch_size, *self.img_shape), generator=gen)[self._rank_slice(per_rank)].to(device)
+            if self.mode_seeking is not None:
+                # A second noise per sample, drawn apart so the GAN's draws stay as they are (CPU generators seed
+                # from the low 32 bits: the offset keeps these seeds clear of z's).
+                gen = torch.Generator().manual_seed(2_000_000_000 + cfg.seed * 1_000_037 + step)
+                z_partner = torch.randn((self.batch_size, *self.img_shape), generator=gen)
+                z_partner = z_partner[self._rank_slice(per_rank)].to(device)
             if whole:  # the generated images of the D step are the G step's, its graph kept
                 with autocast(self.precision, device):
                     fake = self.g(z, y)
@@ -278,6 +295,12 @@ class FinetuneTask:
                     loss_gan = self.gan_loss.generator_loss(self.disc, fake_r, yr, augment=augment)
                     loss_g = loss_g + loss_gan
                     g_sums["loss_g"] = g_sums.get("loss_g", 0.0) + loss_gan.item() * w
+                    if self.mode_seeking is not None:
+                        z_r, zp_r = (z, z_partner) if whole else (z[r], z_partner[r])
+                        partner = self.g(zp_r, yr)
+                        loss_ms = self.mode_seeking(fake_r, partner, z_r, zp_r, yr)
+                        loss_g = loss_g + cfg.mode_seeking * loss_ms
+                        g_sums["loss_ms"] = g_sums.get("loss_ms", 0.0) + loss_ms.item() * w
                 if self.use_distill:
                     zp, yp, target = self.pairs.get(pair_indices if whole else pair_indices[r])
                     zp, target = zp.to(device), target.to(device)

@@ -10,6 +10,8 @@ own the networks, optimizers and randomness and call these for the numbers to mi
   lazy R1 on reals, gamma/2 ||grad_x D(x)||^2 every ``r1_interval`` D steps, scaled by the interval.
 - ``DistillLoss``: the baseline D2O argues against, a distance between G(z) and the teacher's sampler output
   from the same z (pairs from ``training.make_pairs``): per-pixel L2 or a feature distance on the teacher encoder.
+- ``ModeSeekingLoss`` (Mao et al. 2019, MSGAN): for two samples of one class from noises z1, z2, the ratio
+  d(z1, z2) / d(G(z1), G(z2)); minimizing it spreads G's outputs where its inputs differ, against mode collapse.
 """
 
 from __future__ import annotations
@@ -188,3 +190,30 @@ class DistillLoss:
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.distance(pred, target, labels).mean()
+
+
+class ModeSeekingLoss:
+    """MSGAN's mode-seeking term: mean over pairs of 1 / (d_x / d_z + eps).
+
+    d_z is the mean absolute difference of the two unit noises (about 2/sqrt(pi) for independent draws) and d_x
+    the feature distance of the two images (``training.discriminator.feature_distance`` on ``backbone``, so that
+    diversity is counted in what the teacher's encoder sees, not in pixel noise). Both images of a pair carry the
+    same label. The term is bounded by 1/eps and falls as G maps distinct noises to distinct images.
+    """
+
+    def __init__(self, backbone: FrozenBackbone, eps: float = 1e-5):
+        self.backbone = backbone
+        self.eps = eps
+
+    def ratio(
+        self, a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """d_x / d_z per pair [N]."""
+        d_x = feature_distance(self.backbone, a, b, labels)
+        d_z = (za - zb).abs().flatten(1).mean(dim=1)
+        return d_x / d_z
+
+    def __call__(
+        self, a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        return (1.0 / (self.ratio(a, b, za, zb, labels) + self.eps)).mean()

@@ -242,6 +242,7 @@ class FinetuneConfig(RunConfig):
     pairs: str | None = None
     distill_loss: str = "l2"
     distill_weight: float = 1.0
+    mode_seeking: float = 0.0  # weight of MSGAN's mode-seeking term in G's loss (0: off)
     sigma: float = SIGMA_MAX
     # optimization
     duration: float = 100
@@ -286,6 +287,9 @@ class FinetuneConfig(RunConfig):
         if not self.disc_sigmas or min(self.disc_sigmas) <= 0:
             raise ConfigError(f"field 'disc_sigmas' must be positive noise levels, got {list(self.disc_sigmas)}")
         _at_least("r1_gamma", self.r1_gamma, 0)
+        _at_least("mode_seeking", self.mode_seeking, 0)
+        if self.mode_seeking and not self.use_gan:
+            raise ConfigError("field 'mode_seeking' needs a GAN objective (gan or gan+distill)")
         _at_least("r1_interval", self.r1_interval, 0)
         _at_least("sigma", self.sigma, 0, strict=True)
         _at_least("g_lr", self.g_lr, 0)

@@ -22,7 +22,7 @@ from training.finetune_task import _average_grads, build_task
 from training.freeze import frozen_names
 from training.generation import load_for_generation
 from training.pairs import make_pairs
-from training.run_config import FinetuneConfig
+from training.run_config import ConfigError, FinetuneConfig
 
 BATCH = 4
 
@@ -93,6 +93,25 @@ def test_g_steps_follow_the_g_lr_schedule(tiny_denoiser_dir: Path, tmp_path: Pat
     assert 2e-5 < task.g_opt.param_groups[0]["lr"] < 1e-4 and task.d_opt.param_groups[0]["lr"] == cfg.d_lr
     constant = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--g-lr", "2e-4"), World())
     assert "g_lr" not in run_steps(*constant, range(1))[0] and constant[0].g_opt.param_groups[0]["lr"] == 2e-4
+
+
+def test_mode_seeking_adds_its_term_and_leaves_the_gan_draws(tiny_denoiser_dir: Path, tmp_path: Path):
+    """--mode-seeking W: G's loss gains W times MSGAN's term on a second noise of each sample's class; the D step
+    (the same z, the same reals) is the plain run's to the bit, and the G step then differs."""
+    plain, stream_a = build_task(make_cfg(tiny_denoiser_dir, tmp_path), World())
+    seeking, stream_b = build_task(make_cfg(tiny_denoiser_dir, tmp_path, "--mode-seeking", "0.5"), World())
+    assert plain.mode_seeking is None and seeking.mode_seeking is not None
+    a, b = run_steps(plain, stream_a, range(1))[0], run_steps(seeking, stream_b, range(1))[0]
+    assert "loss_ms" not in a and b["loss_ms"] > 0
+    assert {k: b[k] for k in ("loss_d", "d_real", "d_fake", "loss_g")} == {
+        k: a[k] for k in ("loss_d", "d_real", "d_fake", "loss_g")
+    }
+    ga, gb = plain.net.state_dict(), seeking.net.state_dict()
+    assert any(not torch.equal(ga[k], gb[k]) for k in ga)  # the term moved G
+    with pytest.raises(ConfigError, match="mode_seeking' must be >= 0"):
+        make_cfg(tiny_denoiser_dir, tmp_path, "--mode-seeking", "-1")
+    with pytest.raises(ConfigError, match="needs a GAN objective"):
+        make_cfg(tiny_denoiser_dir, tmp_path, "--mode-seeking", "0.5").replace(objective="distill", pairs="p")
 
 
 def test_r1_only_on_interval_and_scaled(tiny_denoiser_dir: Path, tmp_path: Path):

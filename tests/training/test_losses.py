@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.losses import D2OLoss, DistillLoss, EDMLoss
+from training.losses import D2OLoss, DistillLoss, EDMLoss, ModeSeekingLoss
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -172,3 +172,36 @@ def test_distill_l2_and_feature_distances():
         DistillLoss("l1")
     with pytest.raises(ValueError, match="backbone"):
         DistillLoss("feature")
+
+
+# ---------------------------------------------------------------- mode seeking
+
+
+def test_mode_seeking_is_noise_distance_over_feature_distance():
+    # Features (1, 0) against (0, 1) at every pixel: feature distance 2; noises 0 and 3: mean |dz| = 3.
+    a = torch.zeros(1, 2, 3, 3)
+    a[:, 0] = 1.0
+    b = torch.zeros(1, 2, 3, 3)
+    b[:, 1] = 1.0
+    za, zb = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 3.0)
+    ms = ModeSeekingLoss(ChannelsBackbone(), eps=0.0)
+    assert ms.ratio(a, b, za, zb, None).item() == pytest.approx(2 / 3, rel=1e-6)
+    assert ms(a, b, za, zb, None).item() == pytest.approx(1.5, rel=1e-6)
+    # Identical images: the term is capped at 1/eps, not infinite.
+    assert ModeSeekingLoss(ChannelsBackbone(), eps=1e-5)(a, a, za, zb, None).item() == pytest.approx(1e5, rel=1e-3)
+
+
+def test_mode_seeking_gradient_pushes_the_pair_apart():
+    """A descent step on the term moves the two images' features apart (lower loss, larger distance)."""
+    torch.manual_seed(0)
+    a = torch.rand(2, 2, 3, 3) + 0.1
+    b = (a + 0.05 * torch.randn_like(a)).requires_grad_(True)
+    za, zb = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    ms = ModeSeekingLoss(ChannelsBackbone())
+    before = ms.ratio(a, b, za, zb, None).detach()
+    loss = ms(a, b, za, zb, None)
+    loss.backward()
+    with torch.no_grad():
+        b_next = b - 1e-4 * b.grad
+    assert (ms.ratio(a, b_next, za, zb, None) > before).all()
+    assert ms(a, b_next, za, zb, None) < loss
