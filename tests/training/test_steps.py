@@ -84,11 +84,17 @@ def finetune_cfg(teacher: Path, outdir: Path, *extra: str):
     return finetune_config(args)
 
 
-@pytest.mark.parametrize("disc", ["teacher", "scratch"])
-def test_accumulated_finetune_step_equals_the_whole_batch(tiny_denoiser_dir: Path, tmp_path: Path, disc: str) -> None:
+@pytest.mark.parametrize(
+    "disc, more",
+    [("teacher", []), ("scratch", []), ("teacher", ["--mode-seeking", "0.5"])],
+    ids=["teacher", "scratch", "mode-seeking"],
+)
+def test_accumulated_finetune_step_equals_the_whole_batch(
+    tiny_denoiser_dir: Path, tmp_path: Path, disc: str, more: list[str]
+) -> None:
     """D and G steps in rounds of 2 (R1 on step 0, DiffAugment sliced per round, spectral norm iterated once per
-    step) against the 4-image step."""
-    extra = ["--r1-interval", "2", "--r1-gamma", "0.5", "--augment", "translation,cutout", "--disc", disc]
+    step, the mode-seeking term's second noises sliced per round) against the 4-image step."""
+    extra = ["--r1-interval", "2", "--r1-gamma", "0.5", "--augment", "translation,cutout", "--disc", disc, *more]
     whole, stream_a = build_finetune(finetune_cfg(tiny_denoiser_dir, tmp_path, *extra), World())
     rounds, stream_b = build_finetune(finetune_cfg(tiny_denoiser_dir, tmp_path, *extra, "--batch-gpu", "2"), World())
     for step in range(3):
