@@ -114,6 +114,27 @@ class _StopFlag:
 # ---------------------------------------------------------------- the loop
 
 
+def drop_stats_after(path: Path, step: int) -> None:
+    """Remove the ``stats.jsonl`` records of steps past ``step``, the resumed state's.
+
+    A run killed hard (no final snapshot) has logged ticks that its last state does not hold; the resume trains
+    them again, and without this each would be recorded twice. A line torn by the kill is dropped too.
+    """
+    if not path.is_file():
+        return
+
+    def held(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
+
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if held(line)]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
 def run_training(
     task: TrainingTask,
     stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -136,6 +157,8 @@ def run_training(
         stream.load_state_dict(state["stream"])
         progress.update(state["progress"])
         torch.set_rng_state(state["rng"][world.rank] if world.rank < len(state["rng"]) else state["rng"][0])
+        if world.is_main:
+            drop_stats_after(run_dir / "stats.jsonl", progress["step"])
         log(f"Resumed from {state_path.name} at {progress['images_seen'] / 1000:.1f} kimg, step {progress['step']}")
     else:
         torch.manual_seed(options.seed * 9973 + world.rank)

@@ -84,6 +84,19 @@ def test_resume_is_bit_exact(tmp_path):
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def test_resume_after_a_hard_kill_records_each_step_once(tmp_path):
+    half = run(tmp_path, "--max-steps", "3", "--tick", "0.008")
+    stats_path = Path(half["run_dir"]) / "stats.jsonl"
+    saved = [json.loads(line) for line in stats_path.read_text().splitlines()]
+    # What a run killed after its last state writes: ticks of steps the state does not hold.
+    with open(stats_path, "a") as f:
+        f.write(json.dumps({**saved[-1], "tick": saved[-1]["tick"] + 1, "step": 4, "kimg": 0.032}) + "\n")
+        f.write('{"tick": 9, "st')  # and a record torn by the kill
+    pretrain.main(["--resume", half["run_dir"], "--max-steps", "3", "--threads", "1"])
+    steps = [json.loads(line)["step"] for line in stats_path.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 6, steps
+
+
 def test_ctrl_c_writes_a_snapshot(tmp_path):
     cmd = [sys.executable, "-m", "training.pretrain", *BASE, "--outdir", str(tmp_path), "--duration", "100"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
