@@ -373,10 +373,11 @@ def render_report(m: dict[str, Any]) -> str:
     if m["curves"]:
         lines += _budget_section(m, name)
     env = m["environment"]
+    threads = f"{env['torch_threads']} thread" + ("s" if env["torch_threads"] != 1 else "")
     lines += [
         "## Environment",
         "",
-        f"torch {env['torch']} on {env.get('gpu', env['cpu'])} ({env['device']}, {env['torch_threads']} threads); "
+        f"torch {env['torch']} on {env.get('gpu', env['cpu'])} ({env['device']}, {threads}); "
         f"wall time {m['wall_seconds']:.0f} s.",
         "",
     ]
