@@ -51,7 +51,8 @@ class ModelKindError(CheckpointError):
         self.kind = kind
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one, never half of it."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -454,7 +455,7 @@ def save_model(
     if checked.license is None or checked.origin is None:  # recorded explicitly from now on
         spdx, url = checked.resolved_license
         checked = dataclasses.replace(checked, license=spdx, license_url=url, origin=checked.resolved_origin)
-    _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(checked.to_json(), indent=2) + "\n").encode())
+    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(checked.to_json(), indent=2) + "\n").encode())
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from training.checkpoint import load_state, save_state
+from training.checkpoint import atomic_write_bytes, load_state, save_state
 from training.distributed import World, all_reduce_mean, barrier
 from training.images import save_image_grid
 from training.run_config import RunConfig
@@ -132,7 +132,7 @@ def drop_stats_after(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if held(line)]
     if len(kept) != len(lines):
-        path.write_text("".join(kept))
+        atomic_write_bytes(path, "".join(kept).encode())
 
 
 def run_training(
@@ -151,6 +151,7 @@ def run_training(
     log = RunLog(run_dir if world.is_main else None)
     progress = dict(step=0, images_seen=0, tick=0, snapshot=0)
     state_path = run_dir / STATE_NAME
+    stats_path = run_dir / "stats.jsonl"
     if resume:
         state = load_state(state_path)
         task.load_state_dict(state["task"])
@@ -158,7 +159,7 @@ def run_training(
         progress.update(state["progress"])
         torch.set_rng_state(state["rng"][world.rank] if world.rank < len(state["rng"]) else state["rng"][0])
         if world.is_main:
-            drop_stats_after(run_dir / "stats.jsonl", progress["step"])
+            drop_stats_after(stats_path, progress["step"])
         log(f"Resumed from {state_path.name} at {progress['images_seen'] / 1000:.1f} kimg, step {progress['step']}")
     else:
         torch.manual_seed(options.seed * 9973 + world.rank)
@@ -241,7 +242,7 @@ def run_training(
                 time=time.time(),
             )
             if world.is_main:
-                with open(run_dir / "stats.jsonl", "a") as f:
+                with open(stats_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 shown = " ".join(f"{k} {v:.4g}" for k, v in means.items())
                 log(
