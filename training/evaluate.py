@@ -12,6 +12,9 @@ Commands:
 - ``score``: any image set (a folder of images or an .npz, e.g. from ``python -m training.generate``) against a
   reference: a data set and split (``fmnist:test``), a folder, or a statistics file from ``ref``.
 - ``ref``: reference statistics of a data set split, written once (``stats.npz``) and compared with many sets.
+- ``combine``: the fine-tune seeds of a variant measured by separate ``report`` runs (other sessions or
+  machines), reported together as mean ± sd from their ``metrics.json``, as one ``report`` would; nothing is
+  measured again, and reports that measured something else are refused.
 - ``train-classifier``: train the evaluation classifier whose penultimate layer is the feature space of
   FD / KID / precision-recall on a labelled data set (saved as ``config.json`` + ``classifier.safetensors``).
 
@@ -41,6 +44,7 @@ from training.checkpoint import CheckpointError
 from training.cli import HelpFormatter
 from training.datasets import DatasetError
 from training.evaluation.classifier import DEFAULT_CLASSIFIER, TrainOptions, train_classifier_dir
+from training.evaluation.combine import combine_reports, parse_group
 from training.evaluation.features import KINDS
 from training.evaluation.options import DEFAULT_NFE, EvalOptions, Log
 from training.evaluation.pipeline import run_evaluation
@@ -57,7 +61,7 @@ from training.evaluation.score import (
 from training.evaluation.sources import resolve_sources
 from training.evaluation.stats import DEFAULT_SUBSET
 
-COMMANDS = ("report", "score", "ref", "train-classifier")
+COMMANDS = ("report", "score", "ref", "combine", "train-classifier")
 DEFAULT_SAMPLES = DEFAULT_REPORTED_SAMPLES
 _TEST, _VAL = SEED_RANGES["test"], SEED_RANGES["validation"]
 SEEDS_HELP = (
@@ -242,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     _feature_options(f, None)
     _run_options(f)
 
+    c = sub.add_parser(
+        "combine",
+        help="report fine-tune seeds measured by separate report runs as mean ± sd (nothing measured again)",
+        formatter_class=fmt,
+    )
+    c.add_argument(
+        "--group",
+        action="append",
+        required=True,
+        metavar="NAME=REPORT[#LABEL],...",
+        help="one variant's fine-tune seeds (repeatable): a report dir or metrics.json per seed, with #LABEL "
+        "where that report holds more than one one-step figure",
+    )
+    c.add_argument("--teacher-metrics", default=None, metavar="REPORT", help="a report whose teacher figures "
+                   "come along, so that each variant's mean is compared with the teacher's best")  # fmt: skip
+    c.add_argument("--out", required=True, help="output dir")
+
     t = sub.add_parser("train-classifier", help="train the evaluation classifier", formatter_class=fmt)
     t.add_argument("--data", default="fmnist", help="labelled data set spec")
     t.add_argument("--data-path", default=None, help="data location, when the spec does not give it")
@@ -360,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["report", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
         if args.command == "train-classifier":
@@ -369,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_score(args)
         elif args.command == "ref":
             cmd_ref(args)
+        elif args.command == "combine":
+            combine_reports([parse_group(g) for g in args.group], args.out, args.teacher_metrics, log=_log)
         else:
             cmd_report(args)
     except (CheckpointError, DatasetError, ValueError, FileNotFoundError, FileExistsError) as e:

@@ -4,13 +4,13 @@ any NFE (or the gap at its last point)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from training.checkpoint import load_model
+from training.evaluation.comparable import differences, read_metrics
 from training.evaluation.evaluator import Evaluator, SetResult
 from training.evaluation.options import EvalOptions
 from training.evaluation.protocol import mean_sd
@@ -123,37 +123,20 @@ def plotted_curves(
     return out
 
 
-#: What an earlier report must share with this run for its teacher's FD to be the curves' target: the same metric
-#: and feature extractor (by its weights' fingerprint), data, resolution and reference, and the same noise seeds.
-COMPARABLE = ("metric_name", "data", "resolution", "reference_split", "reference_images", "seeds")
-
-
 def earlier_teacher(path: str | Path, expected: Mapping[str, Any]) -> dict[str, Any]:
     """The teacher's best of an earlier report (its ``metrics.json``), as the target of this run's budget curves.
 
-    A multi-step teacher's set costs hours on a CPU; its figure is reused only where it measures the same thing:
-    every key of :data:`COMPARABLE` and the feature fingerprint must equal ``expected`` (this run's, with ``seeds``
-    the curve's), else a ``ValueError`` names what differs."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "metrics.json"
-    try:
-        earlier = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--teacher-metrics {path}: not a readable metrics.json ({e})") from e
+    A multi-step teacher's set costs hours on a CPU; its figure is reused only where it measures the same thing
+    (:func:`training.evaluation.comparable.differences` finds nothing against ``expected``, this run's record with
+    ``seeds`` the curve's), else a ``ValueError`` names what differs."""
+    earlier = read_metrics(path, "--teacher-metrics")
     best = (earlier.get("summary") or {}).get("teacher_best")
     if not isinstance(best, dict) or not isinstance(best.get("fd"), int | float):
         raise ValueError(f"--teacher-metrics {path}: the report evaluated no teacher")
-    differ = [k for k in COMPARABLE if earlier.get(k) != expected.get(k)]
-    fingerprint = (earlier.get("features") or {}).get("fingerprint")
-    if fingerprint != (expected.get("features") or {}).get("fingerprint"):
-        differ.append("features")
+    differ = differences(earlier, expected)
     if differ:
-        named = [k for k in differ if k != "features"]
-        detail = "; ".join(f"{k}: {earlier.get(k)!r} there, {expected.get(k)!r} here" for k in named)
         raise ValueError(
-            f"--teacher-metrics {path} measured something else ({', '.join(differ)} differ"
-            + (f": {detail}" if detail else "")
-            + "); its teacher's FD is no target for these curves"
+            f"--teacher-metrics {path} measured something else ({differ}); its teacher's FD is no target for "
+            "these curves"
         )
     return {**best, "from": str(path)}

@@ -290,6 +290,23 @@ def _class_section(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _combined_section(sources: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Combined from",
+        "",
+        "Every figure above was measured by the report named beside it (`python -m training.evaluate combine`); "
+        "none was measured again. The reports measured the same seeds with the same features and reference.",
+        "",
+        "| set | report | label there | machine |",
+        "|---|---|---|---|",
+    ]
+    for s in sources:
+        env = s.get("environment") or {}
+        machine = f"{env.get('gpu', env.get('cpu', '–'))}, torch {env.get('torch', '–')}" if env else "–"
+        lines.append(f"| {s['label']} | `{s['report']}` | {s['label_there']} | {machine} |")
+    return [*lines, ""]
+
+
 def render_report(m: dict[str, Any]) -> str:
     name = m["metric_name"]
     split = m.get("reference_split", "test")  # None: a folder, which has no splits
@@ -368,8 +385,12 @@ def render_report(m: dict[str, Any]) -> str:
                 f"({100 * e['fraction_of_teacher_images']:.1f}% of the teacher's pre-training images)"
             )
         lines.append(text + ".")
-    lines += ["", "## Plots", "", f"![{name} against NFE](fd_vs_nfe.png)", "", "![samples](samples.png)", ""]
+    lines += ["", "## Plots", "", f"![{name} against NFE](fd_vs_nfe.png)", ""]
+    if not m.get("combined_from"):  # a combined report has no images to show
+        lines += ["![samples](samples.png)", ""]
     lines += ["![radially averaged power spectra](spectra.png)", ""]
+    if m.get("combined_from"):
+        lines += _combined_section(m["combined_from"])
     if m["curves"]:
         lines += _budget_section(m, name)
     env = m["environment"]

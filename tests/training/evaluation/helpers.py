@@ -1,7 +1,9 @@
-"""Tiny model dirs, a fine-tune run dir with two snapshots and a tiny classifier dir, for the evaluation tests."""
+"""Tiny model dirs, a fine-tune run dir with two snapshots, three fine-tune seeds of one variant and a tiny
+classifier dir, for the evaluation tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -56,3 +58,20 @@ def make_models(root: Path) -> dict[str, Path]:
     clf = Classifier(ClassifierConfig(img_resolution=16, widths=(8, 16), blocks=(1, 1), feature_dim=16)).eval()
     save_classifier(clf, root / "clf", extra={"metric_name": "FD-SYN", "test_accuracy": 0.1})
     return {"root": root, "teacher": teacher, "generator": generator, "run": run, "classifier": root / "clf"}
+
+
+def make_seed_runs(root: Path) -> list[Path]:
+    """Three fine-tune seeds of one variant: run dirs whose config.json records --seed, one snapshot each."""
+    seeds = []
+    for seed in (0, 1, 2):
+        run = root / "runs" / f"0001{seed}-tiny-s{seed}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"seed": seed, "desc": f"tiny-s{seed}"}))
+        save_model(
+            OneStepGenerator(denoiser(D2OPrecond, 10 + seed)),
+            run / "network-snapshot-000002",
+            class_names=CLASSES,
+            extra=training_extra("finetune", 2048),
+        )
+        seeds.append(run)
+    return seeds

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.evaluation.helpers import CLASSES, denoiser, make_models, training_extra
-from training.checkpoint import save_model
+from tests.training.evaluation.helpers import CLASSES, make_models, make_seed_runs
 from training.evaluate import main
 from training.evaluation import pipeline
 from training.evaluation.curves import crossing, group_curves, pick_snapshots
@@ -20,7 +19,6 @@ from training.evaluation.options import EvalOptions
 from training.evaluation.sources import resolve_sources
 from training.generate import main as generate
 from training.images import to_uint8
-from training.precond import D2OPrecond, OneStepGenerator
 
 FAST = ["--kid-subsets", "3", "--kid-subset-size", "8", "--batch", "8", "--device", "cpu", "--bootstrap", "20"]
 
@@ -29,20 +27,7 @@ FAST = ["--kid-subsets", "3", "--kid-subset-size", "8", "--batch", "8", "--devic
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocol")
     m = make_models(root)
-    # Three fine-tune seeds of one variant: run dirs whose config.json records --seed, one snapshot each.
-    seeds = []
-    for seed in (0, 1, 2):
-        run = root / "runs" / f"0001{seed}-tiny-s{seed}"
-        run.mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps({"seed": seed, "desc": f"tiny-s{seed}"}))
-        save_model(
-            OneStepGenerator(denoiser(D2OPrecond, 10 + seed)),
-            run / "network-snapshot-000002",
-            class_names=CLASSES,
-            extra=training_extra("finetune", 2048),
-        )
-        seeds.append(run)
-    m["seeds"] = seeds
+    m["seeds"] = make_seed_runs(root)
     return m
 
 
