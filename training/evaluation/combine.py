@@ -9,7 +9,6 @@ thing (:mod:`training.evaluation.comparable`), and a seed counted twice is refus
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -18,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation import plots
 from training.evaluation.comparable import COMPARABLE, differences, read_metrics
 from training.evaluation.evaluator import SetResult
 from training.evaluation.groups import group_table
 from training.evaluation.metrics import SetMetrics
 from training.evaluation.options import Log
-from training.evaluation.report import environment, render_report, summarize
+from training.evaluation.report import environment, summarize, write_report
 
 #: Kept from the first report: what every combined report shares (checked) or describes alike.
 HEADER = ("metric_name", "data", "resolution", "classifier", "features", "reference_split", "inception",
@@ -166,7 +164,7 @@ def combine_reports(
             "teacher": None,
             "curves": {},
             "crossings": {},
-        },  # fmt: skip
+        },
         spectra=spectra,
         summary=summary,
         environment=environment("cpu"),
@@ -174,19 +172,6 @@ def combine_reports(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_plots(out, results, spectra, metrics["metric_name"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(render_report(metrics))
+    write_report(out, metrics, results, [], {k: np.asarray(v) for k, v in spectra.items()})
     log(f"Wrote {out / 'report.md'}, {out / 'metrics.json'} and plots from {len(reports)} reports")
     return metrics
-
-
-def _write_plots(out: Path, results: Sequence[SetResult], spectra: Mapping[str, list[float]], name: str) -> None:
-    teachers: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        if r.kind == "teacher":
-            teachers.setdefault(r.label, []).append((r.nfe or 1, r.metrics.fd))
-    one_step = {r.label: r.metrics.fd for r in results if r.kind == "one-step"}
-    real = next((r.metrics.fd for r in results if r.kind == "real"), None)
-    plots.fd_vs_nfe(teachers, one_step, out / "fd_vs_nfe.png", real, name)
-    plots.spectra({k: np.asarray(v) for k, v in spectra.items()}, out / "spectra.png", reference="real")

@@ -107,7 +107,9 @@ def write_plots(
             one_step[r.label] = r.metrics.fd
     real = next((r.metrics.fd for r in results if r.kind == "real"), None)
     plots.fd_vs_nfe(teachers, one_step, out / "fd_vs_nfe.png", real, metrics["metric_name"])
-    plots.sample_grids([g for g in grids if len(g[1])], out / "samples.png")
+    panels = [g for g in grids if len(g[1])]
+    if panels:  # none where the figures come from earlier reports (combine)
+        plots.sample_grids(panels, out / "samples.png")
     plots.spectra(spectra, out / "spectra.png", reference="real")
     budget = metrics["budget"]
     if budget["curves"]:
