@@ -64,22 +64,51 @@ def snapshot_curve(
     return points
 
 
-def group_curves(curves: Mapping[str, list[dict[str, Any]]], groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """Mean ± sd of FD and recall over a group's members at the images-seen points they all share; a group whose
-    members lack a curve or share no point gets none."""
+def _nearest_unused(points: Sequence[Mapping[str, Any]], target: float, used: set[int]) -> Mapping[str, Any] | None:
+    """The point nearest ``target`` images among those not yet paired, if it lies within 10% of ``target`` (at
+    least 2000 images): seeds resumed at different offsets snapshot a few hundred images apart, while a point a
+    whole curve step away is another budget."""
+    free = [p for p in points if p["images_seen"] not in used]
+    if not free:
+        return None
+    best = min(free, key=lambda p: (abs(p["images_seen"] - target), p["images_seen"]))
+    return best if abs(best["images_seen"] - target) <= max(0.1 * target, 2000) else None
+
+
+def group_curves(
+    curves: Mapping[str, list[dict[str, Any]]], groups: Mapping[str, Sequence[str]], kimg: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Mean ± sd of FD and recall over a group's members, point by point. The points are the members' snapshots
+    nearest each of ``kimg`` (the curve's requested budgets; without it, the first member's points), one per member
+    and each used once, so seeds whose snapshots sit a few hundred images apart still pair up; a budget some
+    member has no point near is left out, and a group whose members lack a curve or pair nowhere gets none. A
+    point's ``images_seen`` is the members' mean, ``member_images_seen`` each member's own."""
     out: dict[str, Any] = {}
     for name, labels in groups.items():
         if not labels or any(label not in curves for label in labels):
             continue
-        by_member = [{p["images_seen"]: p for p in curves[label]} for label in labels]
-        common = sorted(set.intersection(*(set(m) for m in by_member)))
+        members = [sorted(curves[label], key=lambda p: p["images_seen"]) for label in labels]
+        targets = [k * 1000 for k in kimg] if kimg else [p["images_seen"] for p in members[0]]
+        used: list[set[int]] = [set() for _ in members]
         points = []
-        for x in common:
-            fd = mean_sd([m[x]["fd"] for m in by_member])
-            recall = mean_sd([m[x]["recall"] for m in by_member])
-            fraction = by_member[0][x].get("teacher_fraction")
-            points.append({"images_seen": x, "fd": fd.mean, "fd_sd": fd.sd, "recall": recall.mean,
-                           "recall_sd": recall.sd, "teacher_fraction": fraction, "count": fd.count})  # fmt: skip
+        for target in sorted(targets):
+            chosen = [_nearest_unused(m, target, u) for m, u in zip(members, used, strict=True)]
+            if any(c is None for c in chosen):
+                continue
+            for c, u in zip(chosen, used, strict=True):
+                u.add(c["images_seen"])
+            seen = [c["images_seen"] for c in chosen]
+            x = sum(seen) / len(seen)
+            fd = mean_sd([c["fd"] for c in chosen])
+            recall = mean_sd([c["recall"] for c in chosen])
+            first = chosen[0]
+            fraction = first.get("teacher_fraction")
+            points.append({
+                "images_seen": x, "member_images_seen": seen, "fd": fd.mean, "fd_sd": fd.sd,
+                "recall": recall.mean, "recall_sd": recall.sd,
+                "teacher_fraction": fraction * x / first["images_seen"] if fraction and first["images_seen"] else None,
+                "count": fd.count,
+            })  # fmt: skip
         if points:
             out[name] = points
     return out

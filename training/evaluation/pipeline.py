@@ -172,7 +172,7 @@ def run_evaluation(
     for src in sources:
         if src.group is not None:
             members.setdefault(src.group, []).append(src.label)
-    plotted = plotted_curves(curves, members, group_curves(curves, members))
+    plotted = plotted_curves(curves, members, group_curves(curves, members, options.curve_kimg))
     metrics: dict[str, Any] = {
         "metric_name": metric_name,
         "data": data,

@@ -246,6 +246,25 @@ def _budget_section(m: dict[str, Any], name: str) -> list[str]:
                 f"| {_sig(p['kid'] * 1e3)} |"
             )
         lines.append("")
+    for label, points in budget["curves"].items():
+        if not points or "member_images_seen" not in points[0]:
+            continue
+        lines += [
+            f"### {label}",
+            "",
+            "Each point pairs every seed's snapshot nearest the same budget; the mean is over those seeds.",
+            "",
+            f"| images seen (each seed) | % of teacher's | {name} mean ± sd | recall mean ± sd |",
+            "|---|---|---|---|",
+        ]
+        for p in points:
+            share = f"{100 * p['teacher_fraction']:.2f}" if p.get("teacher_fraction") else "–"
+            seen = " / ".join(str(x) for x in p["member_images_seen"])
+            lines.append(
+                f"| {seen} | {share} | {_sig(p['fd'])} ± {_sig(p['fd_sd'])} | {_fmt(p['recall'])} ± "
+                f"{_fmt(p['recall_sd'])} |"
+            )
+        lines.append("")
     return lines
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.evaluation.helpers import CLASSES, make_models, make_seed_runs
+from tests.training.evaluation.helpers import CLASSES, denoiser, make_models, make_seed_runs, training_extra
+from training.checkpoint import save_model
 from training.evaluate import main
 from training.evaluation import pipeline
 from training.evaluation.curves import crossing, group_curves, pick_snapshots
@@ -19,6 +20,7 @@ from training.evaluation.options import EvalOptions
 from training.evaluation.sources import resolve_sources
 from training.generate import main as generate
 from training.images import to_uint8
+from training.precond import D2OPrecond, OneStepGenerator
 
 FAST = ["--kid-subsets", "3", "--kid-subset-size", "8", "--batch", "8", "--device", "cpu", "--bootstrap", "20"]
 
@@ -173,6 +175,37 @@ def test_budget_curve_has_a_point_per_snapshot(models, tmp_path):
     assert (tmp_path / "c" / "fd_vs_images.png").stat().st_size > 0
 
 
+def test_seed_groups_get_a_mean_curve_across_offset_snapshots(models, tmp_path):
+    """Three seeds whose second snapshots sit 300 images apart (as resumed runs do) get one mean point per budget
+    in the plot, the crossing and the report's table, with each seed's own images beside it."""
+    runs = []
+    for i, seed_run in enumerate(models["seeds"]):
+        run = tmp_path / "runs" / seed_run.name
+        shutil.copytree(seed_run, run)
+        later = OneStepGenerator(denoiser(D2OPrecond, 20 + i))
+        save_model(later, run / "network-snapshot-000004", class_names=CLASSES,
+                   extra=training_extra("finetune", 4000 + 300 * i))  # fmt: skip
+        runs.append(run)
+    m = report(models, tmp_path / "g", "--model", "g=" + ",".join(str(r) for r in runs), "--num-samples", "8",
+               "--curve-samples", "6", "--curve-kimg", "2,4", "--teacher-metrics",
+               str(_teacher_report(models, tmp_path / "t")))  # fmt: skip
+    (mean,) = [points for label, points in m["budget"]["curves"].items() if label == "g (mean of 3 seeds)"]
+    assert [p["member_images_seen"] for p in mean] == [[2048] * 3, [4000, 4300, 4600]]
+    assert mean[1]["images_seen"] == pytest.approx(4300)
+    fds = [next(p["fd"] for p in m["curves"][label] if p["images_seen"] == x)
+           for label, x in zip((f"g/{r.name}" for r in runs), (4000, 4300, 4600), strict=True)]  # fmt: skip
+    assert mean[1]["fd"] == pytest.approx(np.mean(fds)) and mean[1]["count"] == 3
+    assert m["budget"]["crossings"]["g (mean of 3 seeds)"] == crossing(mean, m["budget"]["teacher"]["fd"])
+    text = (tmp_path / "g" / "report.md").read_text()
+    assert "### g (mean of 3 seeds)" in text and "| 4000 / 4300 / 4600 |" in text
+
+
+def _teacher_report(models, out):
+    report(models, out, "--model", f"teacher={models['teacher']}", "--num-samples", "6", "--nfe", "1",
+           "--no-curve")  # fmt: skip
+    return out / "metrics.json"
+
+
 def test_curve_kimg_picks_the_nearest_snapshots(models, tmp_path):
     snaps = [(k * 1000, f"s{k}") for k in (2, 4, 6, 8, 60, 62)]
     assert pick_snapshots(snaps, None) == snaps
@@ -225,6 +258,40 @@ def test_crossing_and_group_curves():
     }
     (point,) = group_curves(curves, {"g": ["a", "b"]})["g"]
     assert point["fd"] == 2.0 and point["fd_sd"] == pytest.approx(np.std([1.0, 3.0], ddof=1)) and point["count"] == 2
+
+
+def _curve(*points: tuple[int, float, float]) -> list[dict]:
+    return [{"images_seen": x, "fd": fd, "recall": r, "teacher_fraction": x / 1_200_000} for x, fd, r in points]
+
+
+def test_group_curves_pair_seeds_snapshotted_apart():
+    """Seeds resumed at different offsets snapshot a few hundred images apart: their points at the same budget
+    still make one mean point (not only the rare budget all share exactly), and a budget one seed never reached
+    is left out rather than averaged with that seed's last point."""
+    curves = {
+        "s0": _curve((6000, 1.8, 0.68), (30000, 0.57, 0.76), (60000, 0.38, 0.79), (120000, 0.27, 0.79)),
+        "s1": _curve((6000, 1.8, 0.65), (29096, 0.64, 0.76), (59096, 0.38, 0.78), (120000, 0.27, 0.79)),
+        "s2": _curve((6000, 1.9, 0.66), (30000, 0.57, 0.77), (59704, 0.36, 0.78)),
+    }
+    groups = {"g": ["s0", "s1", "s2"]}
+    points = group_curves(curves, groups, kimg=[6, 30, 60, 120])["g"]
+    assert [p["member_images_seen"] for p in points] == [
+        [6000, 6000, 6000], [30000, 29096, 30000], [60000, 59096, 59704]
+    ]  # fmt: skip
+    assert points[1]["images_seen"] == pytest.approx((30000 + 29096 + 30000) / 3)
+    assert points[1]["fd"] == pytest.approx((0.57 + 0.64 + 0.57) / 3)
+    assert points[2]["teacher_fraction"] == pytest.approx(points[2]["images_seen"] / 1_200_000)
+    # Without the requested budgets the first seed's points are the grid: the same pairing.
+    assert [p["member_images_seen"] for p in group_curves(curves, groups)["g"]] == [
+        p["member_images_seen"] for p in points
+    ]
+    # The mean curve crosses where the seeds do, not between the few budgets they share exactly.
+    two = group_curves(curves, {"g": ["s0", "s1"]}, kimg=[6, 30, 60, 120])["g"]
+    assert len(two) == 4
+    assert crossing(two, 0.5)["images_seen"] < 60000
+    # A seed with no snapshot near a budget leaves that budget out.
+    far = {"a": _curve((30000, 1.0, 0.5)), "b": _curve((45000, 2.0, 0.6))}
+    assert group_curves(far, {"g": ["a", "b"]}, kimg=[30]) == {}
 
 
 def test_clear_refusals(models, tmp_path, capsys):
