@@ -229,6 +229,12 @@ def pytest_summary(output: str) -> dict[str, int]:
     return counts
 
 
+def pytest_failures(output: str) -> list[str]:
+    """The ``FAILED``/``ERROR`` lines of pytest's short summary (``-rfE``): the failing tests by name, which a tail
+    of the output loses where a failure prints pages of captured log."""
+    return [line.strip() for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+
+
 def step_pytest(args: argparse.Namespace) -> None:
     step = Step(args.report, "pytest", args.dry_run)
     files = gpu_test_files()
@@ -236,7 +242,7 @@ def step_pytest(args: argparse.Namespace) -> None:
         step.save({"files": files, "skipped": "dry run"})
         step.finish("skipped (dry run)")
         return
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider"]
     cmd += ["--timeout", str(int(args.test_timeout)), *files]
     log(" ".join(cmd))
     start = time.monotonic()
@@ -258,6 +264,7 @@ def step_pytest(args: argparse.Namespace) -> None:
         "files": files,
         "rc": rc,
         "counts": pytest_summary(output),
+        "failures": pytest_failures(output),
         "seconds": round(time.monotonic() - start, 1),
         "tail": output[-3000:],
     }

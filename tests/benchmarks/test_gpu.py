@@ -64,6 +64,11 @@ def test_pytest_summary_and_gpu_test_files() -> None:
     out = "....\nSKIPPED [1] x.py:3: needs a CUDA GPU\n===== 3 passed, 1 skipped, 2 deselected in 4.20s =====\n"
     assert gpu.pytest_summary(out) == {"passed": 3, "skipped": 1, "deselected": 2}
     assert gpu.pytest_summary("5 passed in 1.0s") == {"passed": 5}
+    failed = "DEBUG    torch:utils.py:1\nFAILED tests/a.py::test_x - AssertionError: 1 != 2\nERROR tests/b.py::test_y\n"
+    assert gpu.pytest_failures(failed + "1 failed, 1 error in 2.0s") == [
+        "FAILED tests/a.py::test_x - AssertionError: 1 != 2", "ERROR tests/b.py::test_y"
+    ]  # fmt: skip
+    assert gpu.pytest_failures(out) == []
     assert gpu.pytest_summary("no summary") == {}
     files = gpu.gpu_test_files()
     assert "tests/service/test_torch_gpu.py" in files and "tests/exporters/test_tensorrt.py" in files
